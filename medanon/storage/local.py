@@ -1,0 +1,159 @@
+"""Local filesystem source and target."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from .base import SourceEntry, StorageError, TargetFull
+
+TMP_PREFIX = ".medanon-tmp-"
+
+
+class LocalSource:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).resolve()
+        self.url = str(self.root)
+
+    def iter_entries(self) -> Iterator[SourceEntry]:
+        stack = [self.root]
+        while stack:
+            d = stack.pop()
+            try:
+                it = os.scandir(d)
+            except OSError:
+                continue
+            with it:
+                dirs = []
+                for e in it:
+                    try:
+                        if e.is_dir(follow_symlinks=False):
+                            dirs.append(Path(e.path))
+                        elif e.is_file(follow_symlinks=False):
+                            st = e.stat(follow_symlinks=False)
+                            rel = Path(e.path).relative_to(self.root).as_posix()
+                            yield SourceEntry(rel, st.st_size, str(st.st_mtime_ns))
+                    except OSError:
+                        continue
+                stack.extend(sorted(dirs, reverse=True))
+
+    def open(self, relpath: str) -> BinaryIO:
+        return open(self.root / relpath, "rb")
+
+    def local_path(self, relpath: str) -> str:
+        return str(self.root / relpath)
+
+
+class LocalTarget:
+    """Writes via a hidden temp file in the destination folder, fsync, then rename."""
+
+    def __init__(self, root: str | os.PathLike, byte_budget: int | None = None, reserve: int = 0):
+        self.root = Path(root).resolve()
+        self.url = str(self.root)
+        self.byte_budget = byte_budget
+        self.reserve = reserve
+        self.bytes_written = 0
+
+    # -- space -------------------------------------------------------------
+    def free_bytes(self) -> int | None:
+        probe = self.root
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free - self.reserve
+        if self.byte_budget is not None:
+            free = min(free, self.byte_budget - self.bytes_written)
+        return max(free, 0)
+
+    def _check_space(self, size: int) -> None:
+        if self.byte_budget is not None and self.bytes_written + size > self.byte_budget:
+            raise TargetFull(size, self.byte_budget - self.bytes_written)
+
+    # -- files -------------------------------------------------------------
+    def _dest(self, relpath: str) -> Path:
+        if relpath.startswith("/") or ".." in Path(relpath).parts:
+            raise StorageError("invalid relative path")
+        return self.root / relpath
+
+    def exists_same(self, relpath: str, sha256: str, size: int) -> bool:
+        dest = self._dest(relpath)
+        try:
+            if dest.stat().st_size != size:
+                return False
+        except FileNotFoundError:
+            return False
+        from .base import sha256_bytes
+
+        return sha256_bytes(dest.read_bytes()) == sha256
+
+    def _write(self, relpath: str, size: int, sha256: str, writer) -> bool:
+        if self.exists_same(relpath, sha256, size):
+            return False
+        self._check_space(size)
+        dest = self._dest(relpath)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=dest.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                writer(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, dest)
+        except OSError as exc:
+            _unlink_quiet(tmp)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise TargetFull(size, self.free_bytes()) from None
+            raise StorageError(f"write failed: {errno.errorcode.get(exc.errno, 'EIO')}") from None
+        except BaseException:
+            _unlink_quiet(tmp)
+            raise
+        self.bytes_written += size
+        return True
+
+    def put_bytes(self, relpath: str, data: bytes, sha256: str) -> bool:
+        return self._write(relpath, len(data), sha256, lambda fh: fh.write(data))
+
+    def put_file(self, relpath: str, local_path: str, sha256: str) -> bool:
+        size = os.path.getsize(local_path)
+
+        def copy(fh):
+            with open(local_path, "rb") as src:
+                shutil.copyfileobj(src, fh, 1 << 20)
+
+        return self._write(relpath, size, sha256, copy)
+
+    def read_bytes(self, relpath: str) -> bytes:
+        return self._dest(relpath).read_bytes()
+
+    def iter_files(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        base = self.root / prefix if prefix else self.root
+        if not base.exists():
+            return
+        for dirpath, _dirs, files in os.walk(base):
+            for f in files:
+                if f.startswith(TMP_PREFIX):
+                    continue
+                p = Path(dirpath) / f
+                yield p.relative_to(self.root).as_posix(), p.stat().st_size
+
+    def remove_stale_temp(self) -> int:
+        """Delete temp files left by a killed run; returns how many."""
+        n = 0
+        if not self.root.exists():
+            return 0
+        for dirpath, _dirs, files in os.walk(self.root):
+            for f in files:
+                if f.startswith(TMP_PREFIX):
+                    _unlink_quiet(os.path.join(dirpath, f))
+                    n += 1
+        return n
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
