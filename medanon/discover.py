@@ -1,0 +1,212 @@
+"""Discover: recognise DICOM (by content, never by extension) and read headers only.
+
+Every file gets one outcome: a DICOM instance to process (with the header
+fields the rest of the pipeline needs), a report candidate, or a quarantine
+reason. Reasons are short PHI-free codes (see ``REASONS``); nothing here raises
+for a bad file.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from .storage.base import Source, SourceEntry
+
+REASONS = {
+    "empty-file": "file is empty",
+    "not-dicom": "not a DICOM file or a recognised report",
+    "truncated": "DICOM file is truncated",
+    "unreadable": "DICOM file could not be parsed",
+    "dicomdir": "DICOMDIR media directory (holds PHI, not an instance)",
+    "missing-uid": "no SOP Class, SOP Instance, Study or Series Instance UID",
+    "unsupported-sop-class": "SOP class not handled by this version",
+    "encapsulated-document": "encapsulated document (PDF/CDA) whose content cannot be scrubbed reliably",
+    "structured-report": "structured report needs the Clean Structured Content option",
+    "burned-in-annotation": "pixel data may carry burned-in text (use --allow-burned-in to export)",
+    "read-error": "file could not be read",
+    "scrub-error": "de-identification failed for this instance",
+    "write-error": "the de-identified instance could not be written",
+    "duplicate-instance": "another file holds the same SOP Instance UID",
+    "report-unmatched": "report could not be paired to a study",
+    "report-ambiguous": "report matches more than one study",
+}
+
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+ENCAPSULATED_DOC = {"1.2.840.10008.5.1.4.1.1.104.1", "1.2.840.10008.5.1.4.1.1.104.2"}
+SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+# Modalities and SOP classes that commonly carry burned-in text
+BURNED_IN_MODALITIES = {"US", "SC", "OT", "XC", "ES", "GM", "DOC", "IVUS"}
+BURNED_IN_CLASS_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.7",  # secondary capture family (screen captures)
+    "1.2.840.10008.5.1.4.1.1.6.",  # ultrasound
+    "1.2.840.10008.5.1.4.1.1.3.1",  # ultrasound multi-frame
+    "1.2.840.10008.5.1.4.1.1.77.1.",  # visible light (photos, video, endoscopy)
+    "1.2.840.10008.5.1.4.1.1.104.",  # encapsulated documents
+)
+HEAD_BYTES = 132
+
+
+@dataclass
+class Inspected:
+    """Outcome of looking at one source entry (fields may hold PHI: state store only)."""
+
+    relpath: str
+    size: int
+    token: str
+    kind: str  # "dicom", "report" or "quarantine"
+    reason: str = ""
+    patient_key: str = ""
+    study_uid: str = ""
+    series_uid: str = ""
+    sop_uid: str = ""
+    sop_class: str = ""
+    modality: str = ""
+    accession: str = ""
+    patient_id: str = ""
+    study_date: str = ""
+    header: dict = field(default_factory=dict)
+
+    def as_row(self) -> dict:
+        return asdict(self)
+
+
+def sniff(head: bytes) -> str | None:
+    """'part10', 'raw' (no preamble/meta but a plausible first element) or None."""
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "part10"
+    if len(head) >= 8:
+        group, elem = struct.unpack("<HH", head[:4])
+        if group in (0x0002, 0x0008) and elem < 0x0100:
+            vr = head[4:6]
+            if vr.isalpha() and vr.isupper():
+                return "raw"
+            (length,) = struct.unpack("<I", head[4:8])
+            if length < 0x10000:  # implicit VR little endian with a sane length
+                return "raw"
+        group_be, _ = struct.unpack(">HH", head[:4])
+        if group_be in (0x0002, 0x0008) and head[4:6].isalpha():
+            return "raw"
+    return None
+
+
+def _read_header(fp, kind: str):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(fp, defer_size=4096, force=(kind == "raw"))
+
+
+def _truncated(ds, size: int, end: int) -> bool:
+    if end > size:
+        return True
+    for elem in ds._dict.values():
+        length = getattr(elem, "length", None)
+        if length is None or length == 0xFFFFFFFF:
+            continue
+        raw_value = getattr(elem, "value", None)
+        tell = getattr(elem, "value_tell", None)
+        if raw_value is None and tell is not None and tell + length > size:
+            return True
+        if isinstance(raw_value, (bytes, bytearray)) and len(raw_value) < length:
+            return True
+    return False
+
+
+def inspect_entry(source: Source, entry: SourceEntry, report_sniffer=None) -> Inspected:
+    base = dict(relpath=entry.relpath, size=entry.size, token=entry.token)
+    if entry.size == 0:
+        return Inspected(**base, kind="quarantine", reason="empty-file")
+    try:
+        fh = source.open(entry.relpath)
+    except OSError:
+        return Inspected(**base, kind="quarantine", reason="read-error")
+    with fh:
+        try:
+            head = fh.read(HEAD_BYTES)
+            kind = sniff(head)
+            if kind is None:
+                if report_sniffer is not None:
+                    more = head + fh.read(8192)
+                    if report_sniffer(more):
+                        return Inspected(**base, kind="report")
+                return Inspected(**base, kind="quarantine", reason="not-dicom")
+            fh.seek(0)
+            ds = _read_header(fh, kind)
+            end = fh.tell()
+        except (InvalidDicomError, EOFError):
+            return Inspected(**base, kind="quarantine", reason="truncated" if kind else "not-dicom")
+        except OSError:
+            return Inspected(**base, kind="quarantine", reason="read-error")
+        except Exception:  # noqa: BLE001 - any parser failure is a quarantine reason, never a crash
+            return Inspected(**base, kind="quarantine", reason="unreadable")
+    return classify(ds, base, entry.size, end)
+
+
+def classify(ds, base: dict, size: int, end: int) -> Inspected:
+    try:
+        meta = getattr(ds, "file_meta", None)
+        sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
+        if sop_class == DICOMDIR_CLASS or "DirectoryRecordSequence" in ds:
+            return Inspected(**base, kind="quarantine", reason="dicomdir")
+        if _truncated(ds, size, end):
+            return Inspected(**base, kind="quarantine", reason="truncated")
+        sop_uid = str(ds.get("SOPInstanceUID", "") or "")
+        study_uid = str(ds.get("StudyInstanceUID", "") or "")
+        series_uid = str(ds.get("SeriesInstanceUID", "") or "")
+        if not (sop_class and sop_uid and study_uid and series_uid):
+            return Inspected(**base, kind="quarantine", reason="missing-uid")
+        from .scrub import patient_key_of
+
+        info = dict(
+            patient_key=patient_key_of(ds),
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_uid=sop_uid,
+            sop_class=sop_class,
+            modality=str(ds.get("Modality", "") or ""),
+            accession=str(ds.get("AccessionNumber", "") or ""),
+            patient_id=str(ds.get("PatientID", "") or ""),
+            study_date=str(ds.get("StudyDate", "") or ""),
+            header={
+                "burned_in": str(ds.get("BurnedInAnnotation", "") or "").upper(),
+                "has_pixels": 0x7FE00010 in ds._dict or 0x7FE00008 in ds._dict or 0x7FE00009 in ds._dict,
+            },
+        )
+    except Exception:  # noqa: BLE001
+        return Inspected(**base, kind="quarantine", reason="unreadable")
+    return Inspected(**base, kind="dicom", **info)
+
+
+def needs_burned_in_guard(item: Inspected) -> bool:
+    burned = item.header.get("burned_in", "")
+    if burned == "YES":
+        return True
+    if burned == "NO" or not item.header.get("has_pixels"):
+        return False
+    return item.modality.upper() in BURNED_IN_MODALITIES or item.sop_class.startswith(BURNED_IN_CLASS_PREFIXES)
+
+
+def policy_reason(item: Inspected, clean_structured_content: bool, allow_burned_in: bool) -> str:
+    """A quarantine reason for an instance this run must not export, or ''."""
+    if item.sop_class in ENCAPSULATED_DOC:
+        return "encapsulated-document"
+    if item.sop_class.startswith(SR_PREFIX) and not clean_structured_content:
+        return "structured-report"
+    if not allow_burned_in and needs_burned_in_guard(item):
+        return "burned-in-annotation"
+    return ""
+
+
+def read_dataset(source: Source, relpath: str):
+    """Full read for scrubbing (pixel data kept as raw bytes, never decoded)."""
+    with source.open(relpath) as fh:
+        raw = sniff(fh.read(HEAD_BYTES)) == "raw"
+        fh.seek(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(fh, force=raw)

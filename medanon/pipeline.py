@@ -1,0 +1,194 @@
+"""Pure batch logic of each stage, importable and testable without Prefect.
+
+The Prefect tasks in ``tasks/`` are thin wrappers around these functions.
+Worker-side functions (``inspect_batch``, ``scrub_batch``) need only the
+source, the target and the key (a :class:`WorkerConfig`); they never open the
+state store, and what they return to the flow is PHI-free except
+``inspect_batch``'s header fields, which the flow keeps in memory and writes to
+the state store (that task never persists its result).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, SecretBytes
+
+from . import __version__
+from .discover import Inspected, inspect_entry, read_dataset
+from .keys import Pseudonymizer
+from .profile import Profile
+from .storage import SourceEntry, StorageError, TargetFull, open_source, open_target
+
+Layout = Literal["flat", "patient", "study", "series"]
+LAYOUTS = ("flat", "patient", "study", "series")
+
+
+class WorkerConfig(BaseModel):
+    """What a batch worker needs: source, target, profile and key (never shown in reprs)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: str
+    target: str
+    profile: Profile
+    key: SecretBytes
+    layout: Layout = "study"
+    allow_burned_in: bool = False
+    byte_budget: int | None = None
+    s3_options: dict = {}
+
+    def pseudonymizer(self) -> Pseudonymizer:
+        return Pseudonymizer(self.key.get_secret_value(), self.profile.uid_root, self.profile.date_shift_max_days)
+
+    def code_identity(self) -> str:
+        """Everything besides the batch content that changes the output (PHI-free)."""
+        return "|".join([__version__, self.profile.identity(), self.pseudonymizer().fingerprint(), self.layout,
+                         self.target, str(self.allow_burned_in)])
+
+
+# ---------------------------------------------------------------------------- discover (inspect)
+
+def inspect_batch(cfg: WorkerConfig, entries: list[tuple]) -> list[tuple[int, Inspected]]:
+    """entries: (file_id, relpath, size, token). Header-only reads."""
+    from .reports_hook import report_sniffer
+
+    source = open_source(cfg.source, **cfg.s3_options)
+    out = []
+    for file_id, relpath, size, token in entries:
+        out.append((file_id, inspect_entry(source, SourceEntry(relpath, size, token), report_sniffer())))
+    return out
+
+
+# ---------------------------------------------------------------------------- remap
+
+def out_path(layout: str, patient: str, study: str, series: str, instance: str) -> str:
+    name = f"{instance}.dcm"
+    if layout == "flat":
+        return name
+    if layout == "patient":
+        return f"{patient}/{name}"
+    if layout == "study":
+        return f"{patient}/{study}/{name}"
+    if layout == "series":
+        return f"{patient}/{study}/{series}/{name}"
+    raise ValueError(f"unknown layout {layout!r}")
+
+
+def remap_rows(rows, pseudo: Pseudonymizer, layout: str, retain_uids: bool = False):
+    """Pseudonyms and output paths for manifest rows (no file is read).
+
+    Returns (plans [(file_id, out_relpath)], crosswalk [(kind, original, pseudonym)]).
+    """
+    plans, cross = [], []
+    for r in rows:
+        patient = pseudo.patient_id(r["patient_key"])
+        study, series, inst = r["study_uid"], r["series_uid"], r["sop_uid"]
+        if not retain_uids:
+            cross += [("study", study, pseudo.uid(study)), ("series", series, pseudo.uid(series)),
+                      ("instance", inst, pseudo.uid(inst))]
+        cross.append(("patient", r["patient_key"], patient))
+        if r["accession"]:
+            cross.append(("accession", f"{study}\x00{r['accession']}", pseudo.accession(study, r["accession"])))
+        path = out_path(layout, patient, pseudo.study_code(study), pseudo.series_code(series),
+                        pseudo.instance_code(inst))
+        plans.append((r["id"], path))
+    return plans, cross
+
+
+# ---------------------------------------------------------------------------- scrub + write
+
+def _ensure_file_meta(ds) -> None:
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        meta = FileMetaDataset()
+        ds.file_meta = meta
+    if "TransferSyntaxUID" not in meta:
+        implicit, little = ds.original_encoding if ds.original_encoding[0] is not None else (True, True)
+        meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+
+
+def deidentify_bytes(ds, scrubber) -> tuple[bytes, object]:
+    """Scrub a dataset and encode it as a Part 10 file in its original transfer syntax."""
+    ctx = scrubber.scrub(ds)
+    _ensure_file_meta(ds)
+    ds.preamble = b"\x00" * 128  # the preamble may hold anything (TIFF headers, vendor data)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue(), ctx
+
+
+def manifest_info(ds, relpath: str, sha256: str, size: int) -> dict:
+    """A PHI-free manifest row of an exported (already de-identified) instance."""
+    return {
+        "path": relpath,
+        "patient_id": str(ds.get("PatientID", "")),
+        "study_instance_uid": str(ds.get("StudyInstanceUID", "")),
+        "series_instance_uid": str(ds.get("SeriesInstanceUID", "")),
+        "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
+        "sop_class_uid": str(ds.get("SOPClassUID", "")),
+        "modality": str(ds.get("Modality", "")),
+        "transfer_syntax_uid": str(ds.file_meta.get("TransferSyntaxUID", "")),
+        "size": size,
+        "sha256": sha256,
+    }
+
+
+def scrub_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple[int, str, str]]) -> dict:
+    """items: (file_id, source relpath, out relpath). Returns a PHI-free summary.
+
+    Per-file failures become quarantine reasons; a full target stops the batch
+    and reports how far it got (``target_full``).
+    """
+    from .scrub import Scrubber
+
+    source = open_source(cfg.source, **cfg.s3_options)
+    target = open_target(cfg.target, byte_budget=cfg.byte_budget, **cfg.s3_options)
+    scrubber = Scrubber(cfg.profile, cfg.pseudonymizer())
+    result = {"batch": batch_no, "exported": 0, "skipped_identical": 0, "bytes_out": 0,
+              "quarantined": {}, "outputs": {}, "target_full": False, "pending": []}
+    for n, (file_id, relpath, out_rel) in enumerate(items):
+        try:
+            ds = read_dataset(source, relpath)
+        except OSError:
+            result["quarantined"][file_id] = "read-error"
+            continue
+        except Exception:  # noqa: BLE001 - parser failure: quarantine, never crash, never echo
+            result["quarantined"][file_id] = "unreadable"
+            continue
+        try:
+            data, _ctx = deidentify_bytes(ds, scrubber)
+        except Exception:  # noqa: BLE001
+            result["quarantined"][file_id] = "scrub-error"
+            continue
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            written = target.put_bytes(out_rel, data, sha)
+        except TargetFull:
+            result["target_full"] = True
+            result["pending"] = [i[0] for i in items[n:]]
+            break
+        except StorageError:
+            result["quarantined"][file_id] = "write-error"
+            continue
+        if written:
+            result["exported"] += 1
+            result["bytes_out"] += len(data)
+        else:
+            result["skipped_identical"] += 1
+        result["outputs"][file_id] = manifest_info(ds, out_rel, sha, len(data))
+    return result
+
+
+def default_state_dir() -> str:
+    return os.environ.get("MEDANON_STATE_DIR") or os.path.join(os.path.expanduser("~"), ".medanon", "state")

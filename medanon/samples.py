@@ -1,0 +1,180 @@
+"""A small, messy, PHI-laden sample archive built from pydicom's and pydicom-data's real files.
+
+Used by ``medanon demo`` and by the tests. Every planted identifier is listed
+in :data:`PLANTED_PHI` so a test can grep the output for it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pydicom
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+import pydicom.uid
+from pydicom.uid import generate_uid
+
+PATIENTS = [
+    # (id, name, birth date, address, phone, sex)
+    ("MRN4471203", "Kowalczyk^Agnieszka^Maria", "19580314", "17 Rue des Lilas, 75011 Paris", "01 44 55 66 77", "F"),
+    ("MRN5598810", "Fernández^José^Luis", "19720923", "221B Baker Street, London NW1 6XE", "020 7946 0958", "M"),
+    ("MRN6630017", "Yamada^Taro", "19450102", "2-7-1 Nishi-Shinjuku, Tokyo 163-8001", "03-5321-1111", "M"),
+]
+PHYSICIANS = ["Okonkwo^Chinedu^Dr", "Lindqvist^Astrid", "Brennan^Siobhan^^Dr."]
+INSTITUTION = "St. Bartholomew Riverside Hospital"
+INSTITUTION_ADDRESS = "500 Harbor Boulevard, Springfield IL 62704"
+STATION = "CTROOM7-BRH"
+SERIAL = "SN-88421-XK"
+ACCESSIONS = ["ACC90817263", "ACC90817264", "ACC90817265", "ACC90817266"]
+
+PLANTED_PHI: list[str] = (
+    [p[0] for p in PATIENTS]
+    + [n for p in PATIENTS for n in p[1].split("^") if len(n) > 3]
+    + [p[2] for p in PATIENTS]
+    + ["Rue des Lilas", "Baker Street", "Nishi-Shinjuku", "01 44 55 66 77", "7946 0958", "5321-1111"]
+    + ["Okonkwo", "Chinedu", "Lindqvist", "Astrid", "Brennan", "Siobhan"]
+    + ["Bartholomew", "Harbor Boulevard", STATION, SERIAL] + ACCESSIONS
+    + ["Grandmother-Hildegard", "PrivateSecretValue", "Comment-Mentions-Kowalczyk"]
+)
+
+SOURCES = [
+    ("CT_small.dcm", "pydicom"),
+    ("MR_small.dcm", "pydicom"),
+    ("MR_small_implicit.dcm", "pydicom"),
+    ("JPEG2000.dcm", "pydicom"),
+    ("rtplan.dcm", "pydicom"),
+    ("rtstruct.dcm", "pydicom"),
+    ("693_UNCI.dcm", "data"),
+    ("emri_small.dcm", "data"),
+    ("US1_UNCR.dcm", "data"),
+    ("SC_rgb.dcm", "data"),
+]
+
+
+def data_file(name: str) -> str:
+    """A file of pydicom's test set or of the pydicom-data package."""
+    p = get_testdata_file(name)
+    if p is None:
+        raise FileNotFoundError(name)
+    return str(p)
+
+
+def _plant(ds: Dataset, patient, accession: str, study_uid: str, study_date: str, rng: random.Random) -> None:
+    pid, name, birth, addr, phone, sex = patient
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientID = pid
+    ds.PatientName = name
+    ds.PatientBirthDate = birth
+    ds.PatientAddress = addr
+    ds.PatientTelephoneNumbers = phone
+    ds.PatientSex = sex
+    ds.PatientAge = "079Y"
+    ds.OtherPatientNames = name.upper()
+    ds.PatientMotherBirthName = "Grandmother-Hildegard"
+    ds.AccessionNumber = accession
+    ds.StudyInstanceUID = study_uid
+    ds.StudyDate = study_date
+    ds.SeriesDate = study_date
+    ds.StudyID = accession[-6:]
+    ds.ReferringPhysicianName = PHYSICIANS[0]
+    ds.PerformingPhysicianName = PHYSICIANS[1]
+    ds.OperatorsName = PHYSICIANS[2]
+    ds.InstitutionName = INSTITUTION
+    ds.InstitutionAddress = INSTITUTION_ADDRESS
+    ds.StationName = STATION
+    ds.DeviceSerialNumber = SERIAL
+    ds.StudyDescription = f"CT THORAX for {name.split('^')[0]}"
+    ds.ImageComments = "Comment-Mentions-Kowalczyk"
+    # a nested sequence with identifiers inside
+    req = Dataset()
+    req.RequestingPhysician = PHYSICIANS[0]
+    req.RequestedProcedureID = accession
+    req.AccessionNumber = accession
+    req.ReferencedStudySequence = Sequence([Dataset()])
+    req.ReferencedStudySequence[0].ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+    req.ReferencedStudySequence[0].ReferencedSOPInstanceUID = study_uid
+    ds.RequestAttributesSequence = Sequence([req])
+    # a private block with an identifier and a private sequence
+    block = ds.private_block(0x0029, "MEDANON TEST", create=True)
+    block.add_new(0x10, "LO", "PrivateSecretValue")
+    inner = Dataset()
+    inner.PatientName = name
+    block.add_new(0x11, "SQ", Sequence([inner]))
+
+
+def build_sample_archive(root: str | os.PathLike, seed: int = 7, ct_series_size: int = 4) -> dict:
+    """Write a messy archive under root; returns what was planted (for tests)."""
+    rng = random.Random(seed)
+    root = Path(root)
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    studies = []
+    written = []
+    for i, (fname, _origin) in enumerate(SOURCES):
+        patient = PATIENTS[i % len(PATIENTS)]
+        accession = ACCESSIONS[i % len(PATIENTS)]
+        study_uid = f"1.2.826.0.1.3680043.8.498.{1000 + i % len(PATIENTS)}"
+        study_date = f"2021{1 + i % 12:02d}{10 + i:02d}"
+        copies = ct_series_size if fname in ("CT_small.dcm", "693_UNCI.dcm") else 1
+        series_uid = generate_uid()
+        frame_uid = generate_uid()
+        first_sop = None
+        for c in range(copies):
+            ds = pydicom.dcmread(data_file(fname), force=True)
+            if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+                ds.file_meta = pydicom.dataset.FileMetaDataset()
+                ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+            _plant(ds, patient, accession, study_uid, study_date, rng)
+            ds.SeriesInstanceUID = series_uid
+            ds.FrameOfReferenceUID = frame_uid
+            ds.SOPInstanceUID = generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            if fname in ("US1_UNCR.dcm", "SC_rgb.dcm"):
+                ds.BurnedInAnnotation = "NO"
+            if first_sop is None:
+                first_sop = (ds.SOPClassUID, ds.SOPInstanceUID)
+            else:  # later instances reference the first one (an inter-instance reference)
+                ref = Dataset()
+                ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = first_sop
+                ds.ReferencedImageSequence = Sequence([ref])
+            sub = root / f"import_{rng.randint(100, 999)}" / ("deep" if c % 2 else "") / patient[0].lower()
+            sub.mkdir(parents=True, exist_ok=True)
+            name = f"IMG{rng.randint(10000, 99999)}" + (".dcm" if c % 3 == 0 else "")  # some without extension
+            path = sub / name
+            if fname == "MR_small_implicit.dcm":
+                ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=True)
+            else:
+                ds.save_as(path, enforce_file_format=True)
+            written.append(str(path))
+        studies.append(study_uid)
+    # a file without preamble or file meta (raw dataset), still DICOM
+    ds = pydicom.dcmread(data_file("CT_small.dcm"))
+    _plant(ds, PATIENTS[0], ACCESSIONS[0], "1.2.826.0.1.3680043.8.498.1000", "20210110", rng)
+    ds.SOPInstanceUID = generate_uid()
+    raw_path = root / "loose" / "rawdataset"
+    raw_path.parent.mkdir(parents=True)
+    del ds.file_meta
+    ds.preamble = None
+    ds.save_as(raw_path, enforce_file_format=False, implicit_vr=True, little_endian=True)
+    # junk: not DICOM, truncated, DICOMDIR, empty, a burned-in-prone US without the flag
+    junk = root / "misc"
+    junk.mkdir()
+    (junk / "notes.xlsx").write_bytes(b"PK\x03\x04 this is not dicom" * 20)
+    (junk / "empty.dcm").write_bytes(b"")
+    full = Path(written[0]).read_bytes()
+    (junk / "cut_transfer.dcm").write_bytes(full[: len(full) - 5000])
+    dicomdir = get_testdata_file("DICOMDIR")
+    if dicomdir:
+        shutil.copy(dicomdir, junk / "DICOMDIR")
+    us = pydicom.dcmread(data_file("OBXXXX1A.dcm"))
+    _plant(us, PATIENTS[2], ACCESSIONS[3], "1.2.826.0.1.3680043.8.498.1003", "20210301", rng)
+    us.SOPInstanceUID = generate_uid()
+    if "BurnedInAnnotation" in us:
+        del us.BurnedInAnnotation
+    us.save_as(junk / "ultrasound_capture", enforce_file_format=True)
+    return {"root": str(root), "studies": studies, "dicom_files": len(written) + 1, "phi": PLANTED_PHI}

@@ -1,0 +1,434 @@
+"""Apply a de-identification profile to one dataset, in one walk.
+
+Like dicognito, the work is split into small handlers, each owning one
+concern; :class:`Scrubber` walks every element (recursing into every sequence at
+any depth) and asks the handlers in turn:
+
+- ``_identity``: Patient ID / Name, Accession Number, Study ID -> keyed pseudonyms
+- ``_private``: private groups (removed, or kept per Table E.3.10-1 under Retain Safe Private)
+- table actions D, Z, X, K, C, U from Table E.1-1 (``_apply``), with per-VR dummies,
+  date shifting and free-text cleaning for C
+- ``_unlisted``: what to do with standard attributes Table E.1-1 does not list
+
+Policy for attributes the table does not list (documented in the README):
+- a tag unknown to the DICOM dictionary (even group) is removed;
+- a PN value is replaced by a dummy; a UI value that is not a UID registered in
+  the standard (transfer syntaxes, SOP classes, coding schemes...) is replaced
+  by its keyed pseudonym unless Retain UIDs is chosen;
+- inside a sequence whose action is D (e.g. Content Sequence under the Basic
+  Profile), free-text VRs (LO, SH, LT, ST, UT, UC) are replaced by a dummy;
+  elsewhere standard attributes not listed are kept (Annex E lists the
+  attributes that can identify).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.tag import Tag
+
+from . import __version__
+from .keys import Pseudonymizer, shift_date, shift_datetime
+from .profile import CID7050, ActionTable, Profile, csc_codes, resolve, safe_private
+from .textscrub import KnownIdentifiers, clean_text
+
+try:  # registered UIDs (transfer syntaxes, SOP classes, ...) are not identifying
+    from pydicom._uid_dict import UID_dictionary as _REGISTERED_UIDS
+except ImportError:  # pragma: no cover
+    _REGISTERED_UIDS = {}
+
+PATIENT_NAME = 0x00100010
+PATIENT_ID = 0x00100020
+ACCESSION = 0x00080050
+STUDY_ID = 0x00200010
+PATIENT_AGE = 0x00101010
+TIMEZONE_OFFSET = 0x00080201
+CONTENT_SEQUENCE = 0x0040A730
+TEXT_VRS = {"LO", "SH", "LT", "ST", "UT", "UC"}
+NUMERIC_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"}
+BYTES_VRS = {"OB", "OW", "OD", "OF", "OL", "OV", "UN"}
+
+DUMMY = {
+    "DA": "19000101",
+    "DT": "19000101000000",
+    "TM": "000000",
+    "PN": "ANONYMOUS",
+    "AS": "000Y",
+    "IS": "0",
+    "DS": "0",
+    "CS": "ANONYMIZED",
+    "AE": "ANONYMIZED",
+    "UR": "",
+}
+TEXT_DUMMY = "ANONYMIZED"
+
+
+@dataclass
+class ScrubContext:
+    """Everything the walk needs about one instance's patient and study."""
+
+    patient_key: str  # original Patient ID (or a fallback) -> pseudonyms and date shift
+    study_uid: str
+    date_shift: int | None  # days, when dates are shifted (Modified Dates)
+    known: KnownIdentifiers = field(default_factory=KnownIdentifiers)
+    removed: int = 0
+    replaced: int = 0
+
+
+def _registered(uid: str) -> bool:
+    return uid in _REGISTERED_UIDS
+
+
+class Scrubber:
+    def __init__(self, profile: Profile, pseudo: Pseudonymizer):
+        self.profile = profile
+        self.pseudo = pseudo
+        self.table = ActionTable(profile)
+        self.safe_private = safe_private() if profile.retain_safe_private else frozenset()
+        self.csc = csc_codes() if profile.clean_structured_content else {}
+        if profile.retain_longitudinal_full_dates:
+            self.temporal = "UNMODIFIED"
+        elif profile.retain_longitudinal_modified_dates:
+            self.temporal = "MODIFIED"
+        else:
+            self.temporal = "REMOVED"
+
+    # ------------------------------------------------------------------ context
+    def context_for(self, ds: Dataset) -> ScrubContext:
+        patient_key = patient_key_of(ds)
+        study_uid = str(ds.get("StudyInstanceUID", "") or "")
+        shift = self.pseudo.date_shift_days(patient_key) if self.profile.retain_longitudinal_modified_dates else None
+        return ScrubContext(patient_key, study_uid, shift, known_identifiers(ds, self.pseudo, patient_key))
+
+    # ------------------------------------------------------------------ entry
+    def scrub(self, ds: Dataset, ctx: ScrubContext | None = None) -> ScrubContext:
+        ctx = ctx or self.context_for(ds)
+        meta = getattr(ds, "file_meta", None)
+        self._walk(ds, ctx, mode="")
+        self._mark(ds)
+        if meta is not None:
+            self._scrub_meta(meta, ds)
+        return ctx
+
+    def _scrub_meta(self, meta: Dataset, ds: Dataset) -> None:
+        sop = ds.get("SOPInstanceUID")
+        if sop:
+            meta.MediaStorageSOPInstanceUID = sop
+        for tag in list(meta.keys()):
+            # Source/Sending/Receiving AE titles and private meta information can identify the site
+            if tag in (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102) or tag.element == 0:
+                del meta[tag]
+
+    def _mark(self, ds: Dataset) -> None:
+        ds.PatientIdentityRemoved = "YES"
+        codes = [CID7050["basic"]] + [CID7050[o] for o in self.profile.enabled_options()]
+        ds.DeidentificationMethod = (
+            f"medanon {__version__}; PS3.15 Annex E (2026c) profile {self.profile.name}"
+        )[:64]
+        seq = Sequence()
+        for value, meaning in codes:
+            item = Dataset()
+            item.CodeValue = value
+            item.CodingSchemeDesignator = "DCM"
+            item.CodeMeaning = meaning
+            seq.append(item)
+        ds.DeidentificationMethodCodeSequence = seq
+        ds.LongitudinalTemporalInformationModified = self.temporal
+
+    # ------------------------------------------------------------------ walk
+    def _walk(self, ds: Dataset, ctx: ScrubContext, mode: str) -> None:
+        """mode: '' normal, 'D' inside a dummied sequence, 'CSC' inside cleaned structured content."""
+        tags = list(ds.keys())
+        kept_private_blocks: set[tuple[int, int]] = set()
+        private_creators: list = []
+        for tag in tags:
+            group, elem = tag >> 16, tag & 0xFFFF
+            if elem == 0 and group != 0xFFFE:  # group length: obsolete, recomputed by writers
+                del ds[tag]
+                continue
+            if group & 1:
+                if 0x0010 <= elem <= 0x00FF:
+                    private_creators.append(tag)
+                    continue
+                if self._keep_private(ds, tag):
+                    kept_private_blocks.add((group, elem >> 8))
+                    self._scrub_kept(ds, tag, ctx, mode)
+                else:
+                    del ds[tag]
+                    ctx.removed += 1
+                continue
+            if mode == "CSC" and self._csc_item_value(ds, tag, ctx):
+                continue
+            action = self.table.lookup(tag)
+            if tag in (PATIENT_ID, PATIENT_NAME, ACCESSION, STUDY_ID) and action != "K":
+                self._identity(ds, tag, ctx)
+                continue
+            if action is None:
+                self._unlisted(ds, tag, ctx, mode)
+            else:
+                self._apply(ds, tag, action, ctx, mode)
+        for tag in private_creators:
+            group, elem = tag >> 16, tag & 0xFFFF
+            if (group, elem) not in kept_private_blocks:
+                del ds[tag]
+
+    # ------------------------------------------------------------------ handlers
+    def _identity(self, ds: Dataset, tag: int, ctx: ScrubContext) -> None:
+        if tag == PATIENT_ID:
+            ds[tag].value = self.pseudo.patient_id(ctx.patient_key)
+        elif tag == PATIENT_NAME:
+            ds[tag].value = self.pseudo.patient_name(ctx.patient_key)
+        elif tag == ACCESSION:
+            value = str(ds[tag].value or "")
+            ds[tag].value = self.pseudo.accession(ctx.study_uid, value) if value else ""
+        elif tag == STUDY_ID:
+            value = str(ds[tag].value or "")
+            ds[tag].value = self.pseudo.study_code(ctx.study_uid) if value else ""
+        ctx.replaced += 1
+
+    def _keep_private(self, ds: Dataset, tag) -> bool:
+        if not self.safe_private:
+            return False
+        group, elem = tag >> 16, tag & 0xFFFF
+        creator_tag = (group << 16) | (elem >> 8)
+        creator = ds.get(creator_tag)
+        if creator is None or elem < 0x1000:
+            return False
+        name = str(creator.value or "").strip().upper()
+        return (group, name, elem & 0xFF) in self.safe_private
+
+    def _scrub_kept(self, ds: Dataset, tag, ctx: ScrubContext, mode: str) -> None:
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            for item in elem.value:
+                self._walk(item, ctx, mode)
+
+    def _unlisted(self, ds: Dataset, tag, ctx: ScrubContext, mode: str) -> None:
+        from pydicom.datadict import dictionary_has_tag
+
+        if not dictionary_has_tag(tag) and (tag >> 16) not in (0x0002, 0xFFFE):
+            del ds[tag]
+            ctx.removed += 1
+            return
+        elem = ds[tag]
+        vr = elem.VR
+        if vr == "SQ":
+            for item in elem.value:
+                self._walk(item, ctx, mode)
+        elif vr == "PN":
+            if elem.value:
+                elem.value = DUMMY["PN"]
+                ctx.replaced += 1
+        elif vr == "UI":
+            if not self.profile.retain_uids:
+                self._replace_uids(elem, ctx, unregistered_only=True)
+        elif mode == "D" and vr in TEXT_VRS and elem.value:
+            elem.value = TEXT_DUMMY
+            ctx.replaced += 1
+
+    def _apply(self, ds: Dataset, tag, action: str, ctx: ScrubContext, mode: str) -> None:
+        if action == "X":
+            del ds[tag]
+            ctx.removed += 1
+            return
+        elem = ds[tag]
+        vr = elem.VR
+        if action == "K":
+            if vr == "SQ":
+                for item in elem.value:
+                    self._walk(item, ctx, mode)
+            elif tag == PATIENT_AGE:
+                elem.value = _cap_age(str(elem.value or ""))
+            return
+        if action == "Z":
+            elem.value = Sequence() if vr == "SQ" else None
+            ctx.replaced += 1
+            return
+        if action in ("U", "U*"):
+            if vr == "SQ":
+                for item in elem.value:
+                    self._walk(item, ctx, mode)
+            elif vr == "UI":
+                self._replace_uids(elem, ctx)
+            else:  # a U on a non-UID VR: treat as dummy
+                self._dummy(elem)
+            ctx.replaced += 1
+            return
+        if action == "D":
+            if vr == "SQ":
+                for item in elem.value:
+                    self._walk(item, ctx, "D" if mode != "CSC" else mode)
+            else:
+                self._dummy(elem)
+            ctx.replaced += 1
+            return
+        if action == "C":
+            self._clean(ds, tag, elem, ctx, mode)
+            ctx.replaced += 1
+            return
+        raise ValueError(f"unknown action {action}")  # pragma: no cover - table is validated in tests
+
+    def _dummy(self, elem: DataElement) -> None:
+        vr = elem.VR
+        if vr == "UI":
+            elem.value = self.pseudo.uid(str(elem.value or "dummy"))
+        elif vr in NUMERIC_VRS:
+            elem.value = 0
+        elif vr in BYTES_VRS:
+            elem.value = b"\x00\x00"
+        elif vr in DUMMY:
+            elem.value = DUMMY[vr]
+        else:
+            elem.value = TEXT_DUMMY
+
+    def _replace_uids(self, elem: DataElement, ctx: ScrubContext, unregistered_only: bool = False) -> None:
+        value = elem.value
+        if not value:
+            return
+        values = list(value) if elem.VM > 1 else [value]
+        out = []
+        for v in values:
+            s = str(v).strip().rstrip("\x00")
+            if not s or (unregistered_only and _registered(s)):
+                out.append(s)
+            else:
+                out.append(self.pseudo.uid(s))
+                ctx.replaced += 1
+        elem.value = out if elem.VM > 1 else out[0]
+
+    def _clean(self, ds: Dataset, tag, elem: DataElement, ctx: ScrubContext, mode: str) -> None:
+        vr = elem.VR
+        group = tag >> 16
+        if vr == "SQ":
+            sub = "CSC" if tag == CONTENT_SEQUENCE or self.profile.clean_structured_content and tag in (
+                0x00400555, 0x0040B020) else mode
+            for item in elem.value:
+                self._walk(item, ctx, sub)
+            return
+        if 0x5000 <= group <= 0x60FF and vr in BYTES_VRS:
+            # Curve and overlay bitmaps cannot be cleaned of burned text: removed.
+            del ds[tag]
+            return
+        if vr == "DA":
+            elem.value = self._date(str(elem.value or ""), ctx, shift_date)
+        elif vr == "DT":
+            elem.value = self._date(str(elem.value or ""), ctx, shift_datetime)
+        elif vr == "TM":
+            pass  # shifting by whole days leaves the time of day unchanged
+        elif tag == TIMEZONE_OFFSET:
+            elem.value = "+0000"
+        elif vr == "PN":
+            elem.value = DUMMY["PN"] if elem.value else ""
+        elif vr == "UI":
+            self._replace_uids(elem, ctx)
+        elif vr == "AS":
+            elem.value = _cap_age(str(elem.value or ""))
+        elif vr in TEXT_VRS:
+            elem.value = self._clean_text_value(elem, ctx)
+        elif vr in BYTES_VRS:
+            del ds[tag]
+        # numbers and codes are not free text: kept
+
+    def _clean_text_value(self, elem: DataElement, ctx: ScrubContext):
+        if elem.VM > 1:
+            return [clean_text(str(v), ctx.known, ctx.date_shift) for v in elem.value]
+        return clean_text(str(elem.value or ""), ctx.known, ctx.date_shift)
+
+    def _date(self, value: str, ctx: ScrubContext, fn) -> str:
+        if not value:
+            return value
+        if ctx.date_shift is None:
+            return DUMMY["DA"] if fn is shift_date else DUMMY["DT"]
+        parts = [fn(v, ctx.date_shift) for v in value.split("\\")]
+        return "\\".join(parts)
+
+    # ------------------------------------------------------------------ SR
+    def _csc_item_value(self, ds: Dataset, tag, ctx: ScrubContext) -> bool:
+        """Under Clean Structured Content, a content item's value follows Table E.3.4-1
+        for its concept name; True when handled here."""
+        if tag not in (0x0040A160, 0x0040A123, 0x0040A121, 0x0040A122, 0x0040A120, 0x0040A124):
+            return False
+        concept = ds.get("ConceptNameCodeSequence")
+        action = None
+        if concept:
+            code = concept[0]
+            row = self.csc.get((str(code.get("CodingSchemeDesignator", "")), str(code.get("CodeValue", ""))))
+            if row:
+                action = resolve(row.get("basic", "X"), {k: v for k, v in row.items() if k != "basic"}, self.profile)
+        elem = ds[tag]
+        if action is None:  # concept not listed: clean by value type
+            action = {"PN": "D", "UI": "U"}.get(elem.VR, "C")
+        if action == "X":
+            del ds[tag]
+        elif action == "K":
+            pass
+        elif action in ("U", "U*"):
+            self._replace_uids(elem, ctx)
+        elif action == "D":
+            self._dummy(elem)
+        elif action == "Z":
+            elem.value = None
+        else:
+            self._clean(ds, tag, elem, ctx, "CSC")
+        ctx.replaced += 1
+        return True
+
+
+def _cap_age(age: str) -> str:
+    """Ages over 89 years are aggregated to 090Y (HIPAA Safe Harbor)."""
+    if len(age) == 4 and age[:3].isdigit() and age[3] == "Y" and int(age[:3]) > 89:
+        return "090Y"
+    return age
+
+
+def patient_key_of(ds: Dataset) -> str:
+    """The original identity a patient's pseudonyms derive from."""
+    pid = str(ds.get("PatientID", "") or "").strip()
+    if pid:
+        issuer = str(ds.get("IssuerOfPatientID", "") or "").strip()
+        return f"{issuer}\x00{pid}" if issuer else pid
+    name = str(ds.get("PatientName", "") or "").strip()
+    birth = str(ds.get("PatientBirthDate", "") or "").strip()
+    if name:
+        return f"name\x00{name}\x00{birth}"
+    return f"study\x00{ds.get('StudyInstanceUID', '')}"
+
+
+_KNOWN_PN = (0x00100010, 0x00101001, 0x00101060, 0x00080090, 0x00081050, 0x00081060, 0x00081070,
+             0x00321032, 0x00081048, 0x0040A075, 0x00400006, 0x40080114, 0x00101005)
+_KNOWN_ID = (0x00100020, 0x00101000, 0x00080050, 0x00200010, 0x00101002, 0x00380010, 0x00401001, 0x00400009,
+             0x00402016, 0x00402017, 0x00101090, 0x00102297)
+
+
+def known_identifiers(ds: Dataset, pseudo: Pseudonymizer | None = None, patient_key: str = "") -> KnownIdentifiers:
+    """Identifiers of this instance's patient, staff and site, for cleaning free text."""
+    k = KnownIdentifiers()
+
+    def values(tag):
+        el = ds.get(tag)
+        if el is None or el.value in (None, ""):
+            return []
+        if el.VR == "SQ":
+            return []
+        v = el.value
+        return [str(x) for x in v] if el.VM > 1 else [str(v)]
+
+    for t in _KNOWN_PN:
+        k.person_names += [v for v in values(t) if v.strip()]
+    for t in _KNOWN_ID:
+        k.ids += [v for v in values(t) if v.strip()]
+    k.dates += values(0x00100030)
+    k.addresses += values(0x00101040)
+    k.phones += values(0x00102154)
+    k.institutions += values(0x00080080) + values(0x00081040) + values(0x00081010)
+    if pseudo is not None:
+        acc = str(ds.get("AccessionNumber", "") or "")
+        study_uid = str(ds.get("StudyInstanceUID", "") or "")
+        if acc:
+            k.replacements[acc] = pseudo.accession(study_uid, acc)
+        for pid in values(0x00100020):
+            k.replacements[pid] = pseudo.patient_id(patient_key or pid)
+    return k

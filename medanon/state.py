@@ -1,0 +1,243 @@
+"""The local state store: manifest, crosswalk and ledger in one SQLite file (mode 0600).
+
+It holds PHI (source paths, original identifiers), so it lives on the hospital
+side, outside the target, and is never exported. Only the flow process opens
+it; batch tasks receive batch manifests and return PHI-free summaries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+DB_NAME = "medanon.sqlite"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    relpath TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    token TEXT NOT NULL,
+    seen_run TEXT,
+    kind TEXT,                 -- NULL until inspected; dicom | report | quarantine
+    reason TEXT NOT NULL DEFAULT '',
+    patient_key TEXT, study_uid TEXT, series_uid TEXT, sop_uid TEXT, sop_class TEXT,
+    modality TEXT, accession TEXT, patient_id TEXT, study_date TEXT, header TEXT,
+    status TEXT NOT NULL DEFAULT 'new',   -- new | planned | done | quarantined
+    out_relpath TEXT, out_sha256 TEXT, out_size INTEGER, target TEXT,
+    done_token TEXT,           -- size:token of the source when it was exported
+    out_info TEXT,             -- PHI-free manifest row (JSON)
+    UNIQUE (source, relpath)
+);
+CREATE INDEX IF NOT EXISTS files_status ON files (source, status);
+CREATE INDEX IF NOT EXISTS files_study ON files (study_uid);
+CREATE INDEX IF NOT EXISTS files_out ON files (out_relpath);
+CREATE TABLE IF NOT EXISTS crosswalk (
+    kind TEXT NOT NULL, original TEXT NOT NULL, pseudonym TEXT NOT NULL,
+    first_run TEXT, PRIMARY KEY (kind, original)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, started REAL, finished REAL, summary TEXT
+);
+"""
+
+
+def _secure_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        os.chmod(path, 0o700)
+    except OSError:
+        pass
+
+
+class StateStore:
+    def __init__(self, state_dir: str | os.PathLike):
+        self.dir = Path(state_dir).expanduser().resolve()
+        _secure_dir(self.dir)
+        self.path = self.dir / DB_NAME
+        if not self.path.exists():
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.close(fd)
+        os.chmod(self.path, 0o600)
+        old_umask = os.umask(0o077)  # journal / WAL files are created private too
+        try:
+            self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+        finally:
+            os.umask(old_umask)
+        self.db.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def tx(self):
+        old_umask = os.umask(0o077)
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        finally:
+            os.umask(old_umask)
+
+    # ------------------------------------------------------------------ discover
+    def register(self, source: str, entries: Iterable, run_id: str) -> dict:
+        """Record listed entries; unchanged done/quarantined files keep their status."""
+        counts = {"listed": 0, "new": 0, "changed": 0, "unchanged": 0}
+        chunk = []
+
+        def flush():
+            with self.tx() as db:
+                for e in chunk:
+                    row = db.execute(
+                        "SELECT id, size, token, status FROM files WHERE source=? AND relpath=?",
+                        (source, e.relpath),
+                    ).fetchone()
+                    if row is None:
+                        db.execute(
+                            "INSERT INTO files (source, relpath, size, token, seen_run) VALUES (?,?,?,?,?)",
+                            (source, e.relpath, e.size, e.token, run_id),
+                        )
+                        counts["new"] += 1
+                    elif row["size"] != e.size or row["token"] != e.token:
+                        db.execute(
+                            "UPDATE files SET size=?, token=?, seen_run=?, kind=NULL, reason='', status='new' "
+                            "WHERE id=?",
+                            (e.size, e.token, run_id, row["id"]),
+                        )
+                        counts["changed"] += 1
+                    else:
+                        db.execute("UPDATE files SET seen_run=? WHERE id=?", (run_id, row["id"]))
+                        counts["unchanged"] += 1
+            chunk.clear()
+
+        for e in entries:
+            counts["listed"] += 1
+            chunk.append(e)
+            if len(chunk) >= 2000:
+                flush()
+        if chunk:
+            flush()
+        return counts
+
+    def iter_uninspected(self, source: str, batch_size: int) -> Iterator[list[tuple]]:
+        """Batches of (id, relpath, size, token) not yet inspected, streamed by id."""
+        last = 0
+        while True:
+            rows = self.db.execute(
+                "SELECT id, relpath, size, token FROM files WHERE source=? AND kind IS NULL AND id>? "
+                "ORDER BY id LIMIT ?",
+                (source, last, batch_size),
+            ).fetchall()
+            if not rows:
+                return
+            last = rows[-1]["id"]
+            yield [tuple(r) for r in rows]
+
+    def record_inspected(self, items: list) -> None:
+        """items: (file_id, Inspected)."""
+        with self.tx() as db:
+            for file_id, it in items:
+                status = "quarantined" if it.kind == "quarantine" else "new"
+                db.execute(
+                    "UPDATE files SET kind=?, reason=?, patient_key=?, study_uid=?, series_uid=?, sop_uid=?, "
+                    "sop_class=?, modality=?, accession=?, patient_id=?, study_date=?, header=?, status=? WHERE id=?",
+                    (it.kind, it.reason, it.patient_key, it.study_uid, it.series_uid, it.sop_uid, it.sop_class,
+                     it.modality, it.accession, it.patient_id, it.study_date, json.dumps(it.header), status,
+                     file_id),
+                )
+
+    def quarantine(self, file_ids_reasons: Iterable[tuple[int, str]]) -> None:
+        with self.tx() as db:
+            db.executemany("UPDATE files SET status='quarantined', reason=? WHERE id=?",
+                           [(r, i) for i, r in file_ids_reasons])
+
+    # ------------------------------------------------------------------ remap
+    def iter_unplanned_dicom(self, source: str, batch_size: int) -> Iterator[list[sqlite3.Row]]:
+        last = 0
+        while True:
+            rows = self.db.execute(
+                "SELECT * FROM files WHERE source=? AND kind='dicom' AND status='new' AND id>? ORDER BY id LIMIT ?",
+                (source, last, batch_size),
+            ).fetchall()
+            if not rows:
+                return
+            last = rows[-1]["id"]
+            yield rows
+
+    def plan(self, plans: list[tuple[int, str]], crosswalk: list[tuple[str, str, str]], run_id: str) -> None:
+        with self.tx() as db:
+            db.executemany("UPDATE files SET status='planned', out_relpath=? WHERE id=?",
+                           [(p, i) for i, p in plans])
+            db.executemany(
+                "INSERT OR IGNORE INTO crosswalk (kind, original, pseudonym, first_run) VALUES (?,?,?,?)",
+                [(k, o, p, run_id) for k, o, p in crosswalk],
+            )
+
+    def out_owner(self, out_relpath: str) -> tuple[int, str] | None:
+        row = self.db.execute(
+            "SELECT id, sop_uid FROM files WHERE out_relpath=? AND status IN ('planned','done') LIMIT 1",
+            (out_relpath,),
+        ).fetchone()
+        return (row["id"], row["sop_uid"]) if row else None
+
+    # ------------------------------------------------------------------ scrub / export
+    def iter_planned(self, source: str, batch_size: int) -> Iterator[list[tuple]]:
+        """Batches of (id, relpath, out_relpath, size, token) to scrub and export."""
+        last = 0
+        while True:
+            rows = self.db.execute(
+                "SELECT id, relpath, out_relpath, size, token FROM files WHERE source=? AND status='planned' AND id>? "
+                "ORDER BY id LIMIT ?",
+                (source, last, batch_size),
+            ).fetchall()
+            if not rows:
+                return
+            last = rows[-1]["id"]
+            yield [tuple(r) for r in rows]
+
+    def count(self, source: str, where: str = "1", params: tuple = ()) -> int:
+        return self.db.execute(f"SELECT COUNT(*) FROM files WHERE source=? AND {where}", (source, *params)).fetchone()[0]
+
+    def mark_done(self, outputs: dict, target: str) -> None:
+        """outputs: file_id -> PHI-free manifest row with at least sha256 and size."""
+        with self.tx() as db:
+            db.executemany(
+                "UPDATE files SET status='done', out_sha256=?, out_size=?, target=?, out_info=?, "
+                "done_token=size||':'||token WHERE id=?",
+                [(o["sha256"], o["size"], target, json.dumps(o), int(fid)) for fid, o in outputs.items()],
+            )
+
+    def reasons(self, source: str, run_id: str | None = None) -> dict[str, int]:
+        q = "SELECT reason, COUNT(*) FROM files WHERE source=? AND status='quarantined'"
+        params: tuple = (source,)
+        if run_id:
+            q += " AND seen_run=?"
+            params += (run_id,)
+        return {r: n for r, n in self.db.execute(q + " GROUP BY reason", params).fetchall()}
+
+    def exported_rows(self, target: str) -> Iterator[sqlite3.Row]:
+        yield from self.db.execute(
+            "SELECT out_relpath, out_info FROM files WHERE status='done' AND target=? "
+            "ORDER BY out_relpath",
+            (target,),
+        )
+
+    def pseudonym(self, kind: str, original: str) -> str | None:
+        row = self.db.execute("SELECT pseudonym FROM crosswalk WHERE kind=? AND original=?", (kind, original)).fetchone()
+        return row[0] if row else None
+
+    def save_run(self, run_id: str, started: float, summary: dict) -> None:
+        with self.tx() as db:
+            db.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?)", (run_id, started, time.time(), json.dumps(summary)))

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers around medanon's pure stage functions."""

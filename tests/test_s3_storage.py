@@ -1,0 +1,381 @@
+"""S3Target / S3Source against a real moto server process on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import botocore.exceptions
+import pytest
+from botocore.awsrequest import AWSResponse
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # medanon is used from the checkout, not installed
+    sys.path.insert(0, str(_ROOT))
+
+try:
+    from tests.s3server import MotoS3Server, aws_test_env, moto_s3  # noqa: F401  (fixtures)
+except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
+    from s3server import MotoS3Server, aws_test_env, moto_s3  # noqa: F401
+
+from medanon.storage import StorageError, TargetFull, open_source, open_target
+from medanon.storage.s3 import ObjectNotFound, S3Source, S3Target
+
+BUCKET = "medanon-test"
+MIB = 1024 * 1024
+PHI = "Doe^John_19450101"  # stands for PHI in a source key: must never appear in messages
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def raw_client(server: MotoS3Server):
+    return boto3.client("s3", endpoint_url=server.endpoint_url, region_name="us-east-1")
+
+
+def target(server: MotoS3Server, prefix: str = "out", **kw) -> S3Target:
+    kw.setdefault("backoff_base", 0.05)
+    kw.setdefault("backoff_cap", 0.5)
+    return S3Target(f"s3://{BUCKET}/{prefix}", endpoint_url=server.endpoint_url, **kw)
+
+
+def keys(server: MotoS3Server) -> list[str]:
+    return [o["Key"] for o in raw_client(server).list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+
+
+def pending_uploads(server: MotoS3Server) -> list:
+    return raw_client(server).list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+
+
+class _Raw:
+    def __init__(self, body: bytes):
+        self._body = body
+
+    def stream(self, **_kw):
+        yield self._body
+
+
+def fake_error(status: int, code: str):
+    """A before-send handler result: an HTTP error response that never reached the server."""
+    body = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
+    return AWSResponse("http://127.0.0.1/", status, {}, _Raw(body))
+
+
+# -- basics ------------------------------------------------------------------
+def test_put_bytes_round_trip_and_idempotent_skip(moto_s3):
+    t = target(moto_s3)
+    assert t.url == f"s3://{BUCKET}/out"
+    data = b"DICM" * 1000
+    assert t.put_bytes("P1/S1/1.dcm", data, sha(data)) is True
+    head = raw_client(moto_s3).head_object(Bucket=BUCKET, Key="out/P1/S1/1.dcm")
+    assert head["Metadata"]["sha256"] == sha(data)
+    assert head["ContentLength"] == len(data)
+    assert t.read_bytes("P1/S1/1.dcm") == data
+    assert t.exists_same("P1/S1/1.dcm", sha(data), len(data))
+    assert not t.exists_same("P1/S1/1.dcm", sha(b"other"), len(data))
+    assert not t.exists_same("P1/S1/missing.dcm", sha(data), len(data))
+
+    assert t.put_bytes("P1/S1/1.dcm", data, sha(data)) is False  # skipped: identical
+    assert (t.bytes_written, t.objects_written) == (len(data), 1)
+    new = data + b"x"
+    assert t.put_bytes("P1/S1/1.dcm", new, sha(new)) is True  # changed content is rewritten
+    assert t.read_bytes("P1/S1/1.dcm") == new
+    with pytest.raises(FileNotFoundError):
+        t.read_bytes("P1/S1/missing.dcm")
+    with pytest.raises(StorageError):
+        t.put_bytes("../escape", data, sha(data))
+
+
+def test_put_file_single_put_and_sha_mismatch(moto_s3, tmp_path):
+    t = target(moto_s3, byte_budget=10_000)
+    f = tmp_path / f"{PHI}.dcm"
+    f.write_bytes(os.urandom(3000))
+    assert t.put_file("P2/a.dcm", str(f), sha(f.read_bytes())) is True
+    assert t.read_bytes("P2/a.dcm") == f.read_bytes()
+    assert t.put_file("P2/a.dcm", str(f), sha(f.read_bytes())) is False
+
+    with pytest.raises(StorageError) as ei:
+        t.put_file("P2/b.dcm", str(f), sha(b"not this file"))
+    assert "out/P2/b.dcm" not in keys(moto_s3)
+    assert t.bytes_written == 3000  # the failed put released its reservation
+
+    with pytest.raises(StorageError) as ei:
+        t.put_file("P2/c.dcm", str(tmp_path / f"{PHI}-gone.dcm"), sha(b""))
+    assert PHI not in str(ei.value) and ei.value.__context__ is None
+
+
+def test_multipart_upload_invisible_until_complete(moto_s3, tmp_path):
+    data = os.urandom(11 * MIB)
+    f = tmp_path / "big.bin"
+    f.write_bytes(data)
+    t = target(moto_s3, multipart_threshold=5 * MIB)
+    observer = raw_client(moto_s3)
+    seen = []
+
+    def after_part(http_response, parsed, model, **kw):
+        seen.append(parsed.get("ChecksumSHA256"))
+        # a part is stored, the object must not exist yet
+        with pytest.raises(botocore.exceptions.ClientError) as ei:
+            observer.head_object(Bucket=BUCKET, Key="out/P3/big.dcm")
+        assert ei.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+        assert observer.list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) == 0
+
+    t.client.meta.events.register("after-call.s3.UploadPart", after_part)
+    assert t.put_file("P3/big.dcm", str(f), sha(data)) is True
+    assert len(seen) == 3  # 5 + 5 + 1 MiB
+    head = observer.head_object(Bucket=BUCKET, Key="out/P3/big.dcm")
+    assert head["ContentLength"] == len(data) and head["Metadata"]["sha256"] == sha(data)
+    assert t.read_bytes("P3/big.dcm") == data
+    assert pending_uploads(moto_s3) == []
+    assert t.put_file("P3/big.dcm", str(f), sha(data)) is False
+    assert len(seen) == 3
+
+    # a multipart body whose digest does not match is aborted, never completed
+    t.client.meta.events.unregister("after-call.s3.UploadPart", after_part)
+    with pytest.raises(StorageError):
+        t.put_file("P3/bad.dcm", str(f), sha(b"wrong"))
+    assert "out/P3/bad.dcm" not in keys(moto_s3)
+    assert pending_uploads(moto_s3) == []
+
+
+def test_multipart_fatal_error_aborts_and_transient_error_restarts(moto_s3):
+    data = os.urandom(11 * MIB)
+    t = target(moto_s3, multipart_threshold=5 * MIB, client_max_attempts=1)
+    calls = {"n": 0}
+    mode = {"status": 403, "code": "AccessDenied"}
+
+    def fail_second_part(request, **kw):
+        if "partNumber=2" in request.url:
+            calls["n"] += 1
+            if mode["status"] == 403 or calls["n"] == 1:
+                return fake_error(mode["status"], mode["code"])
+        return None
+
+    t.client.meta.events.register("before-send.s3.UploadPart", fail_second_part)
+    with pytest.raises(StorageError) as ei:
+        t.put_bytes("P4/x.dcm", data, sha(data))
+    assert "AccessDenied" in str(ei.value) and "P4" not in str(ei.value)
+    assert keys(moto_s3) == [] and pending_uploads(moto_s3) == []
+    assert t.bytes_written == 0 and t.objects_written == 0
+
+    # 503 SlowDown once: the whole multipart upload restarts and succeeds
+    mode.update(status=503, code="SlowDown")
+    calls["n"] = 0
+    assert t.put_bytes("P4/x.dcm", data, sha(data)) is True
+    assert calls["n"] == 2
+    assert t.read_bytes("P4/x.dcm") == data
+    assert pending_uploads(moto_s3) == []  # the first, failed upload was aborted
+
+
+def test_throttling_is_retried_with_backoff(moto_s3):
+    t = target(moto_s3, client_max_attempts=1)
+    n = {"put": 0}
+
+    def throttle(request, **kw):
+        n["put"] += 1
+        if n["put"] <= 2:
+            return fake_error(503, "SlowDown")
+        return None
+
+    t.client.meta.events.register("before-send.s3.PutObject", throttle)
+    assert t.put_bytes("P5/t.dcm", b"abc", sha(b"abc")) is True
+    assert n["put"] == 3
+
+    t2 = target(moto_s3, client_max_attempts=1, max_attempts=3)
+    t2.client.meta.events.register("before-send.s3.PutObject", lambda **kw: fake_error(503, "SlowDown"))
+    with pytest.raises(StorageError, match="after 3 attempts: SlowDown"):
+        t2.put_bytes("P5/u.dcm", b"abc", sha(b"abc"))
+    assert "out/P5/u.dcm" not in keys(moto_s3)
+
+
+# -- limits --------------------------------------------------------------------
+def test_byte_budget_and_object_limit_raise_before_writing(moto_s3):
+    assert target(moto_s3).free_bytes() is None
+    t = target(moto_s3, byte_budget=100)
+    assert t.free_bytes() == 100
+    assert t.put_bytes("a", b"x" * 60, sha(b"x" * 60))
+    assert t.free_bytes() == 40
+    with pytest.raises(TargetFull) as ei:
+        t.put_bytes("b", b"y" * 50, sha(b"y" * 50))
+    assert (ei.value.needed, ei.value.available) == (50, 40)
+    assert keys(moto_s3) == ["out/a"]
+    assert t.put_bytes("a", b"x" * 60, sha(b"x" * 60)) is False  # a skip needs no budget
+
+    lim = target(moto_s3, prefix="lim", object_limit=2)
+    lim.put_bytes("1", b"1", sha(b"1"))
+    lim.put_bytes("2", b"2", sha(b"2"))
+    assert lim.free_bytes() == 0
+    with pytest.raises(TargetFull, match="object limit"):
+        lim.put_bytes("3", b"3", sha(b"3"))
+    assert "lim/3" not in keys(moto_s3)
+
+    resumed = target(moto_s3, prefix="res", byte_budget=100, already_used_bytes=90, object_limit=5,
+                     already_used_objects=4)
+    assert resumed.free_bytes() == 10
+    with pytest.raises(TargetFull):
+        resumed.put_bytes("big", b"z" * 11, sha(b"z" * 11))
+    assert resumed.put_bytes("ok", b"z" * 10, sha(b"z" * 10))
+    assert resumed.free_bytes() == 0
+    assert not any(k.startswith("res/big") for k in keys(moto_s3))
+
+
+def test_iter_files_paginates(moto_s3):
+    t = target(moto_s3, page_size=2)
+    for i in range(5):
+        t.put_bytes(f"P6/S{i % 2}/{i}.dcm", bytes(i + 1), sha(bytes(i + 1)))
+    raw_client(moto_s3).put_object(Bucket=BUCKET, Key="other/z", Body=b"not ours")
+    pages = {"n": 0}
+    t.client.meta.events.register("before-call.s3.ListObjectsV2", lambda **kw: pages.__setitem__("n", pages["n"] + 1))
+    files = sorted(t.iter_files())
+    assert files == sorted((f"P6/S{i % 2}/{i}.dcm", i + 1) for i in range(5))
+    assert pages["n"] == 3
+    assert sorted(t.iter_files("P6/S1")) == [("P6/S1/1.dcm", 2), ("P6/S1/3.dcm", 4)]
+    assert list(t.iter_files("nothing")) == []
+
+
+# -- source --------------------------------------------------------------------
+def test_s3_source_listing_and_streaming_open(moto_s3):
+    c = raw_client(moto_s3)
+    big = os.urandom(3 * MIB)
+    objects = {f"{PHI}/study1/1.dcm": b"one", f"{PHI}/study1/2.dcm": b"two", f"{PHI}/big.dcm": big}
+    etags = {}
+    for rel, body in objects.items():
+        etags[rel] = c.put_object(Bucket=BUCKET, Key=f"archive/{rel}", Body=body)["ETag"].strip('"')
+    c.put_object(Bucket=BUCKET, Key="archive/folder/", Body=b"")  # folder marker: ignored
+    c.put_object(Bucket=BUCKET, Key="elsewhere/x.dcm", Body=b"x")
+
+    src = open_source(f"s3://{BUCKET}/archive", endpoint_url=moto_s3.endpoint_url, page_size=2, spool_max_size=MIB)
+    assert isinstance(src, S3Source) and src.url == f"s3://{BUCKET}/archive"
+    entries = {e.relpath: e for e in src.iter_entries()}
+    assert set(entries) == set(objects)
+    for rel, body in objects.items():
+        assert entries[rel].size == len(body)
+        assert entries[rel].token == etags[rel] and '"' not in entries[rel].token
+        assert src.local_path(rel) is None
+
+    with src.open(f"{PHI}/big.dcm") as fh:
+        assert fh._rolled  # over spool_max_size: spilled to a private temp file, not RAM
+        assert fh.read(4) == big[:4]
+        fh.seek(2 * MIB)
+        assert fh.read(10) == big[2 * MIB:2 * MIB + 10]
+        fh.seek(0)
+        assert hashlib.sha256(fh.read()).digest() == hashlib.sha256(big).digest()
+    with src.open(f"{PHI}/study1/1.dcm") as fh:
+        assert not fh._rolled and fh.read() == b"one"
+
+    with pytest.raises(FileNotFoundError) as ei:
+        src.open(f"{PHI}/missing.dcm")
+    assert isinstance(ei.value, ObjectNotFound)
+    assert PHI not in str(ei.value) and ei.value.__context__ is None
+
+
+def test_open_target_factory(moto_s3):
+    t = open_target(f"s3://{BUCKET}/fac/", byte_budget=5, endpoint_url=moto_s3.endpoint_url)
+    assert isinstance(t, S3Target) and t.url == f"s3://{BUCKET}/fac" and t.free_bytes() == 5
+    assert "testing" not in repr(t)
+
+
+# -- outages -------------------------------------------------------------------
+def test_server_killed_mid_run_put_succeeds_after_restart(moto_s3):
+    t = target(moto_s3, max_attempts=12, backoff_base=0.2, backoff_cap=1.0, client_max_attempts=1,
+               connect_timeout=1, read_timeout=5)
+    assert t.put_bytes("P7/before.dcm", b"before", sha(b"before"))
+    moto_s3.kill()
+    result: dict = {}
+
+    def run():
+        try:
+            result["ok"] = t.put_bytes("P7/during.dcm", b"during", sha(b"during"))
+        except BaseException as exc:  # pragma: no cover - reported below
+            result["exc"] = exc
+
+    th = threading.Thread(target=run)
+    th.start()
+    time.sleep(1.5)
+    assert th.is_alive()  # still retrying
+    moto_s3.restart()  # comes back empty but with the bucket (state is in memory)
+    th.join(30)
+    assert not th.is_alive()
+    assert result.get("ok") is True, result
+    assert t.read_bytes("P7/during.dcm") == b"during"
+
+
+def test_server_killed_during_multipart_upload_restarts_upload(moto_s3):
+    data = os.urandom(11 * MIB)
+    t = target(moto_s3, multipart_threshold=5 * MIB, max_attempts=12, backoff_base=0.2, backoff_cap=1.0,
+               client_max_attempts=1, connect_timeout=1, read_timeout=5)
+    state = {"killed": False, "restarter": None}
+
+    def kill_after_first_part(**kw):
+        if not state["killed"]:
+            state["killed"] = True
+            moto_s3.kill()
+
+            def later():
+                time.sleep(1.0)
+                moto_s3.restart()
+
+            state["restarter"] = threading.Thread(target=later)
+            state["restarter"].start()
+
+    t.client.meta.events.register("after-call.s3.UploadPart", kill_after_first_part)
+    assert t.put_bytes("P8/big.dcm", data, sha(data)) is True
+    state["restarter"].join(20)
+    assert t.read_bytes("P8/big.dcm") == data
+    assert pending_uploads(moto_s3) == []
+
+
+def test_connection_lost_for_good_leaves_no_object(moto_s3):
+    """The network fails (server still up to be inspected): StorageError, nothing visible, upload aborted."""
+    data = os.urandom(6 * MIB)
+    t = target(moto_s3, multipart_threshold=5 * MIB, max_attempts=3, client_max_attempts=1)
+
+    def drop(request, **kw):
+        raise botocore.exceptions.EndpointConnectionError(endpoint_url=request.url)
+
+    t.client.meta.events.register("before-send.s3.UploadPart", lambda request, **kw:
+                                  drop(request) if "partNumber=2" in request.url else None)
+    t.client.meta.events.register("before-send.s3.PutObject", drop)
+    with pytest.raises(StorageError) as ei:
+        t.put_bytes("P9/big.dcm", data, sha(data))
+    assert "after 3 attempts: EndpointConnectionError" in str(ei.value)
+    assert "P9" not in str(ei.value) and ei.value.__context__ is None
+    with pytest.raises(StorageError):
+        t.put_bytes("P9/small.dcm", b"s", sha(b"s"))
+    assert keys(moto_s3) == [] and pending_uploads(moto_s3) == []
+    assert t.bytes_written == 0
+
+
+def test_server_down_for_good_fails_in_bounded_time(moto_s3):
+    t = target(moto_s3, max_attempts=4, backoff_base=0.1, backoff_cap=0.5, client_max_attempts=2,
+               connect_timeout=1, read_timeout=2, aws_access_key_id="AKIDSECRETISH", aws_secret_access_key="s3cr3t")
+    moto_s3.kill()
+    start = time.monotonic()
+    with pytest.raises(StorageError) as ei:
+        t.put_bytes("P10/x.dcm", b"x", sha(b"x"))
+    assert time.monotonic() - start < 15
+    msg = str(ei.value)
+    assert "P10" not in msg and "s3cr3t" not in msg and "AKID" not in msg
+    assert "after 4 attempts" in msg
+    assert t.bytes_written == 0 and t.objects_written == 0
+
+    src = S3Source(f"s3://{BUCKET}/archive", endpoint_url=moto_s3.endpoint_url, max_attempts=2, backoff_base=0.05)
+    with pytest.raises(StorageError):
+        list(src.iter_entries())
+    with pytest.raises(StorageError) as ei:
+        src.open(f"{PHI}/x.dcm")
+    assert PHI not in str(ei.value)
+
+    # retry_deadline also bounds the total wait
+    t2 = target(moto_s3, max_attempts=100, backoff_base=0.2, backoff_cap=0.2, client_max_attempts=1,
+                retry_deadline=1.0)
+    start = time.monotonic()
+    with pytest.raises(StorageError):
+        t2.put_bytes("P10/y.dcm", b"y", sha(b"y"))
+    assert time.monotonic() - start < 5
