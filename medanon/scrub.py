@@ -61,7 +61,7 @@ DUMMY = {
     "DS": "0",
     "CS": "ANONYMIZED",
     "AE": "ANONYMIZED",
-    "UR": "",
+    "UR": "urn:anonymized",
 }
 TEXT_DUMMY = "ANONYMIZED"
 
@@ -146,7 +146,9 @@ class Scrubber:
         private_creators: list = []
         for tag in tags:
             group, elem = tag >> 16, tag & 0xFFFF
-            if elem == 0 and group != 0xFFFE:  # group length: obsolete, recomputed by writers
+            if (elem == 0 and group != 0xFFFE) or group in (0x0000, 0x0002):
+                # group lengths are recomputed by writers; command (0000) and file meta (0002)
+                # elements do not belong in a stored dataset's body (the meta is handled apart)
                 del ds[tag]
                 continue
             if group & 1:

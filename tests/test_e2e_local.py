@@ -1,0 +1,199 @@
+"""End to end on local disk: the CLI on a synthetic PHI-laden archive built from real DICOM files,
+run in a subprocess with its own Prefect home (embedded server), then the output inspected."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from medanon.keys import Pseudonymizer
+from medanon.samples import PLANTED_PHI, build_sample_archive
+from conftest import TEST_KEY, run_cli, run_json
+
+
+def _source_instances(root: Path) -> dict[str, pydicom.Dataset]:
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            if "cut_" in f:  # the deliberately truncated copy shares its SOP Instance UID
+                continue
+            try:
+                ds = pydicom.dcmread(p, force=True)
+            except Exception:  # noqa: BLE001
+                continue
+            if "SOPInstanceUID" in ds:
+                out[p] = ds
+    return out
+
+
+def _tree_bytes_contain(root: Path, needles: list[bytes]) -> dict[bytes, list[str]]:
+    hits: dict[bytes, list[str]] = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            data = Path(p).read_bytes()
+            for n in needles:
+                if n in data or n in p.encode():
+                    hits.setdefault(n, []).append(p)
+    return hits
+
+
+def _needles(sources: dict) -> list[bytes]:
+    strings = set(PLANTED_PHI)
+    for ds in sources.values():
+        strings |= {str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)}
+        if "FrameOfReferenceUID" in ds:
+            strings.add(str(ds.FrameOfReferenceUID))
+    out = set()
+    for s in strings:
+        for enc in ("utf-8", "latin-1"):
+            try:
+                out.add(s.encode(enc))
+                out.add(s.upper().encode(enc))
+            except UnicodeEncodeError:
+                pass
+    return sorted(out)
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    root = tmp_path_factory.mktemp("src") / "archive"
+    info = build_sample_archive(root)
+    return root, info
+
+
+def test_end_to_end_no_phi_pixels_hierarchy_references(archive, tmp_path, cli_env):
+    src, info = archive
+    out = tmp_path / "out"
+    summary = run_json(["run", str(src), str(out), "--state-dir", str(tmp_path / "state"), "--layout", "series",
+                        "--label", "e2e"], cli_env)
+    for k in ("discovered", "dicom", "exported", "skipped_existing", "quarantined", "bytes_out"):
+        assert k in summary
+    q = summary["quarantined"]
+    assert q.get("not-dicom") == 1 and q.get("empty-file") == 1 and q.get("truncated") == 1
+    assert q.get("dicomdir") == 1 and q.get("burned-in-annotation", 0) >= 1
+    assert summary["exported"] >= 15 and summary["bytes_out"] > 0
+
+    sources = _source_instances(src)
+    pseudo = Pseudonymizer(TEST_KEY.encode())
+    outputs = {}
+    for dirpath, _, files in os.walk(out):
+        for f in files:
+            if f.endswith(".dcm"):
+                ds = pydicom.dcmread(os.path.join(dirpath, f))
+                outputs[str(ds.SOPInstanceUID)] = (Path(dirpath, f), ds)
+    assert len(outputs) == summary["exported"]
+
+    # 1. no planted PHI string or original UID anywhere in output bytes or paths, nor in Prefect's home
+    needles = _needles(sources)
+    assert _tree_bytes_contain(out, needles) == {}
+    assert _tree_bytes_contain(Path(cli_env["PREFECT_HOME"]), needles) == {}
+
+    # 2. pixel data bit-exact; transfer syntax kept; hierarchy one-to-one
+    study_map, series_map = {}, {}
+    exported_sources = pixel_checked = 0
+    for ds in sources.values():
+        new_uid = pseudo.uid(str(ds.SOPInstanceUID))
+        if new_uid not in outputs:
+            continue
+        exported_sources += 1
+        path, new = outputs[new_uid]
+        if "PixelData" in ds:
+            assert new.PixelData == ds.PixelData
+            pixel_checked += 1
+        assert new.file_meta.TransferSyntaxUID == ds.file_meta.get("TransferSyntaxUID", new.file_meta.TransferSyntaxUID)
+        study_map.setdefault(str(ds.StudyInstanceUID), set()).add(str(new.StudyInstanceUID))
+        series_map.setdefault(str(ds.SeriesInstanceUID), set()).add(str(new.SeriesInstanceUID))
+        # series layout: <patient>/<study>/<series>/<instance>.dcm, names only from pseudonyms
+        rel = path.relative_to(out).parts
+        assert len(rel) == 4 and rel[0] == str(new.PatientID)
+        assert new.PatientIdentityRemoved == "YES"
+    assert exported_sources == len(outputs) and pixel_checked >= 12
+    assert all(len(v) == 1 for v in study_map.values()) and all(len(v) == 1 for v in series_map.values())
+    new_studies = [next(iter(v)) for v in study_map.values()]
+    assert len(set(new_studies)) == len(new_studies)  # one-to-one
+    # same patient -> same pseudonym and same folder for every study of that patient
+    by_patient = {}
+    for _, new in outputs.values():
+        by_patient.setdefault(str(new.PatientID), set()).add(str(new.PatientName))
+    assert all(len(names) == 1 for names in by_patient.values())
+    assert len(by_patient) == 3
+
+    # 3. every reference between instances resolves to an exported instance
+    refs = 0
+    for _, new in outputs.values():
+        for item in new.get("ReferencedImageSequence", []):
+            assert str(item.ReferencedSOPInstanceUID) in outputs
+            refs += 1
+    assert refs > 0
+
+    # 4. the PHI-free manifest lists exactly the exported files
+    manifest = (out / "manifest.csv").read_text().splitlines()
+    assert len(manifest) == len(outputs) + 1
+    assert {line.split(",")[0] for line in manifest[1:]} == {
+        p.relative_to(out).as_posix() for p, _ in outputs.values()}
+
+
+def test_same_key_same_pseudonyms_other_key_unrelated(archive, tmp_path, cli_env):
+    src, _ = archive
+
+    def files(out):
+        return {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.dcm")}
+
+    run_json(["run", str(src), str(tmp_path / "a"), "--state-dir", str(tmp_path / "sa")], cli_env)
+    run_json(["run", str(src), str(tmp_path / "b"), "--state-dir", str(tmp_path / "sb")], cli_env)
+    a, b = files(tmp_path / "a"), files(tmp_path / "b")
+    assert a and a == b  # same names and identical bytes from two independent state dirs
+    other = dict(cli_env, MEDANON_KEY="a-completely-different-key")
+    run_json(["run", str(src), str(tmp_path / "c"), "--state-dir", str(tmp_path / "sc")], other)
+    c = files(tmp_path / "c")
+    assert len(c) == len(a)
+    parts_a = {part for name in a for part in name.replace(".dcm", "").split("/")}
+    parts_c = {part for name in c for part in name.replace(".dcm", "").split("/")}
+    assert parts_a.isdisjoint(parts_c)
+    uids_a = {str(pydicom.dcmread(tmp_path / "a" / n).StudyInstanceUID) for n in a}
+    uids_c = {str(pydicom.dcmread(tmp_path / "c" / n).StudyInstanceUID) for n in c}
+    assert uids_a.isdisjoint(uids_c)
+
+
+def test_generated_key_is_private_and_state_store_0600(archive, tmp_path, cli_env):
+    src, _ = archive
+    env = {k: v for k, v in cli_env.items() if k != "MEDANON_KEY"}
+    state = tmp_path / "state"
+    run_json(["run", str(src), str(tmp_path / "out"), "--state-dir", str(state), "--layout", "flat"], env)
+    assert (state / "secret.key").stat().st_mode & 0o777 == 0o600
+    assert (state / "medanon.sqlite").stat().st_mode & 0o777 == 0o600
+    assert not any(p.is_dir() for p in (tmp_path / "out").iterdir())  # flat layout
+    # the same key from a key file, with another state dir, gives the same names
+    key_file = tmp_path / "key.txt"
+    key_file.write_text((state / "secret.key").read_text())
+    run_json(["run", str(src), str(tmp_path / "out2"), "--state-dir", str(tmp_path / "state2"), "--layout", "flat",
+              "--key-file", str(key_file)], env)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in (tmp_path / "out2").iterdir())
+
+
+def test_bad_invocations_exit_nonzero_with_one_line(tmp_path, cli_env):
+    proc = run_cli(["run", str(tmp_path / "missing"), str(tmp_path / "out")], cli_env, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "source folder not found" in proc.stderr
+    src = tmp_path / "src"
+    src.mkdir()
+    proc = run_cli(["run", str(src), str(tmp_path / "out"), "--layout", "nonsense"], cli_env, check=False)
+    assert proc.returncode == 2
+    proc = run_cli(["run", str(src), str(tmp_path / "out"), "--state-dir", str(tmp_path / "out" / "s")], cli_env,
+                   check=False)
+    assert proc.returncode == 2 and "state dir" in proc.stderr
+
+
+def test_allow_burned_in_exports_guarded_instances(archive, tmp_path, cli_env):
+    src, _ = archive
+    state = str(tmp_path / "state")
+    first = run_json(["run", str(src), str(tmp_path / "out"), "--state-dir", state], cli_env)
+    held = first["quarantined"]["burned-in-annotation"]
+    second = run_json(["run", str(src), str(tmp_path / "out"), "--state-dir", state, "--allow-burned-in"], cli_env)
+    assert second["exported"] == held
+    assert "burned-in-annotation" not in second["quarantined"]
