@@ -114,8 +114,9 @@ def _ensure_file_meta(ds) -> None:
         meta.TransferSyntaxUID = (
             ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
         )
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    for meta_kw, kw in (("MediaStorageSOPClassUID", "SOPClassUID"), ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):
+        if kw in ds:
+            setattr(meta, meta_kw, ds[kw].value)
 
 
 def deidentify_bytes(ds, scrubber) -> tuple[bytes, object]:

@@ -1,0 +1,55 @@
+"""The anonymize flow against a real (temporary) Prefect server: run names, artifacts, no PHI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.testing.utilities import prefect_test_harness
+
+from medanon.samples import PLANTED_PHI, build_sample_archive
+from conftest import TEST_KEY
+
+
+@pytest.fixture(scope="module")
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+async def _collect():
+    async with get_client() as client:
+        flows = await client.read_flow_runs()
+        tasks = await client.read_task_runs()
+        arts = await client.read_artifacts()
+        logs = await client.read_logs()
+    return flows, tasks, arts, logs
+
+
+def test_flow_run_names_artifacts_and_no_phi(harness, tmp_path, monkeypatch):
+    from flows.anonymize import anonymize
+
+    monkeypatch.setenv("MEDANON_KEY", TEST_KEY)
+    src = tmp_path / "archive"
+    build_sample_archive(src)
+    summary = anonymize(source=str(src), target=str(tmp_path / "out"), state_dir=str(tmp_path / "state"),
+                        label="nightly-ct", batch_size=4)
+    assert summary["exported"] >= 15
+    flows, tasks, arts, logs = asyncio.run(_collect())
+    assert [f.name for f in flows] == ["anonymize-nightly-ct"]
+    names = {t.name for t in tasks}
+    assert {"discover-nightly-ct", "pair-nightly-ct", "remap-nightly-ct", "manifest-nightly-ct"} <= names
+    assert "scrub-batch-1" in names and "export-batch-1" in names and "inspect-batch-1" in names
+    assert sum(n.startswith("scrub-batch-") for n in names) >= 4  # batches of 4 instances
+    by_key = {a.key: a for a in arts}
+    assert by_key["medanon-progress"].type == "progress" and by_key["medanon-progress"].data == 100.0
+    table = by_key["medanon-summary"]
+    assert table.type == "table"
+    # nothing identifying in anything the server stored: run names, parameters, artifacts, logs
+    stored = json.dumps([f.model_dump(mode="json") for f in flows] + [t.model_dump(mode="json") for t in tasks]
+                        + [a.model_dump(mode="json") for a in arts] + [log.model_dump(mode="json") for log in logs])
+    for phi in PLANTED_PHI:
+        assert phi not in stored and phi.upper() not in stored
+    assert str(src) not in json.dumps([t.model_dump(mode="json") for t in tasks])

@@ -1,0 +1,138 @@
+"""Scrubber and discovery details on real files: character sets, SR, dates, UIDs, junk input."""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+
+import pydicom
+import pytest
+from pydicom.data import get_charset_files, get_testdata_file
+
+from medanon.discover import inspect_entry, needs_burned_in_guard, policy_reason, sniff
+from medanon.keys import Pseudonymizer, shift_date
+from medanon.pipeline import deidentify_bytes
+from medanon.profile import PROFILES, Profile
+from medanon.scrub import Scrubber
+from medanon.storage import LocalSource, SourceEntry
+
+KEY = b"unit-key"
+
+
+def _roundtrip(ds, profile=PROFILES["research"], key=KEY):
+    scrubber = Scrubber(profile, Pseudonymizer(key, profile.uid_root))
+    data, ctx = deidentify_bytes(ds, scrubber)
+    return pydicom.dcmread(io.BytesIO(data)), data, ctx
+
+
+@pytest.mark.parametrize("path", [p for p in get_charset_files() if p.endswith(".dcm")],
+                         ids=lambda p: os.path.basename(p))
+def test_character_sets_never_crash_or_leak(path):
+    ds = pydicom.dcmread(path)
+    names = [str(el.value) for el in ds.iterall() if el.VR == "PN" and el.value]
+    raw_names = []
+    for el in pydicom.dcmread(path).iterall():
+        if el.VR == "PN" and el.value:
+            raw_names.append(el.value)
+    out, data, _ = _roundtrip(ds)
+    assert out.PatientIdentityRemoved == "YES"
+    for el in out.iterall():
+        if el.VR == "PN" and el.value:
+            assert str(el.value) not in names or str(el.value) in ("ANONYMOUS",)
+    # none of the original name components, in any encoding, stays in the bytes
+    for name in names:
+        for part in name.replace("=", "^").split("^"):
+            part = part.strip()
+            if len(part) >= 3:
+                for enc in ("utf-8", "latin-1", "iso2022_jp", "euc_kr", "iso8859_5", "iso8859_7"):
+                    try:
+                        assert part.encode(enc) not in data, (part, enc)
+                    except UnicodeEncodeError:
+                        pass
+
+
+def test_same_patient_same_shift_and_report_date_arithmetic():
+    pseudo = Pseudonymizer(KEY)
+    a = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    b = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    b.PatientID = a.PatientID
+    b.StudyInstanceUID = "1.2.3.4.5.6"
+    a.StudyDate, b.StudyDate = "20200229", "20210315"
+    out_a, _, ctx_a = _roundtrip(copy.deepcopy(a))
+    out_b, _, ctx_b = _roundtrip(copy.deepcopy(b))
+    assert ctx_a.date_shift == ctx_b.date_shift == pseudo.date_shift_days(str(a.PatientID))
+    assert out_a.StudyDate == shift_date("20200229", ctx_a.date_shift)
+    assert out_b.StudyDate == shift_date("20210315", ctx_a.date_shift)
+    assert out_a.PatientID == out_b.PatientID and out_a.StudyInstanceUID != out_b.StudyInstanceUID
+    # basic profile: dates are not kept shifted
+    out_basic, _, _ = _roundtrip(copy.deepcopy(a), PROFILES["basic"])
+    assert out_basic.get("StudyDate", "") in ("", None)
+    assert out_basic.LongitudinalTemporalInformationModified == "REMOVED"
+
+
+def test_age_over_89_is_aggregated_and_uid_root_is_configurable():
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PatientAge = "097Y"
+    out, _, _ = _roundtrip(ds, Profile(name="x", retain_patient_characteristics=True, uid_root="1.2.826.0.1.99"))
+    assert out.PatientAge == "090Y"
+    assert str(out.SOPInstanceUID).startswith("1.2.826.0.1.99.") and len(str(out.SOPInstanceUID)) <= 64
+
+
+def test_structured_report_clean_structured_content():
+    ds = pydicom.dcmread(get_testdata_file("reportsi.dcm"))
+    before = [str(el.value) for el in ds.iterall() if el.VR in ("PN", "UT") and el.value]
+    assert before
+    prof = Profile(name="sr", clean_structured_content=True)
+    out, data, _ = _roundtrip(ds, prof)
+    assert "ContentSequence" in out
+    for value in before:
+        if len(value) > 6:
+            assert value.encode() not in data
+    # without the option, the SR is held back by policy rather than emptied
+    from medanon.discover import Inspected
+
+    item = Inspected(relpath="", size=0, token="", kind="dicom", sop_class=str(ds.SOPClassUID))
+    assert policy_reason(item, False, False) == "structured-report"
+    assert policy_reason(item, True, False) == ""
+
+
+def test_sniff_and_inspect_junk(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    ct = open(get_testdata_file("CT_small.dcm"), "rb").read()
+    (src / "ok").write_bytes(ct)
+    (src / "cut").write_bytes(ct[: len(ct) - 3000])
+    (src / "text.dcm").write_bytes(b"hello, I am not DICOM at all" * 10)
+    (src / "rand").write_bytes(os.urandom(4000))
+    (src / "empty").write_bytes(b"")
+    raw = open(get_testdata_file("ExplVR_LitEndNoMeta.dcm"), "rb").read()
+    (src / "raw").write_bytes(raw)
+    dicomdir = get_testdata_file("DICOMDIR")
+    (src / "DICOMDIR").write_bytes(open(dicomdir, "rb").read())
+    source = LocalSource(src)
+    got = {e.relpath: inspect_entry(source, e) for e in source.iter_entries()}
+    assert got["ok"].kind == "dicom" and got["ok"].modality == "CT"
+    assert got["cut"].reason == "truncated"
+    assert got["text.dcm"].reason == "not-dicom" and got["rand"].reason == "not-dicom"
+    assert got["empty"].reason == "empty-file"
+    assert got["raw"].kind == "dicom" and got["raw"].sop_uid
+    assert got["DICOMDIR"].reason == "dicomdir"
+    assert sniff(ct[:132]) == "part10"
+    assert sniff(b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100") == "raw"
+    assert inspect_entry(source, SourceEntry("gone", 10, "0")).reason == "read-error"
+
+
+def test_burned_in_guard():
+    from medanon.discover import Inspected
+
+    def item(**kw):
+        return Inspected(relpath="", size=0, token="", kind="dicom", **kw)
+
+    assert needs_burned_in_guard(item(modality="US", header={"burned_in": "", "has_pixels": True}))
+    assert not needs_burned_in_guard(item(modality="US", header={"burned_in": "NO", "has_pixels": True}))
+    assert needs_burned_in_guard(item(modality="CT", header={"burned_in": "YES", "has_pixels": True}))
+    assert not needs_burned_in_guard(item(modality="CT", header={"burned_in": "", "has_pixels": True}))
+    sc = item(modality="CT", sop_class="1.2.840.10008.5.1.4.1.1.7", header={"burned_in": "", "has_pixels": True})
+    assert policy_reason(sc, False, False) == "burned-in-annotation"
+    assert policy_reason(sc, False, True) == ""
