@@ -7,9 +7,9 @@ PHI-free summaries. Run names carry only the operator's label and batch numbers.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
@@ -18,8 +18,9 @@ from prefect.futures import as_completed
 from medanon.keys import load_key
 from medanon.pipeline import WorkerConfig, default_state_dir
 from medanon.profile import get_profile
+from medanon.request import RunRequest, TargetChoice
 from medanon.state import StateStore
-from medanon.storage import open_target
+from medanon.storage import LocalTarget, open_target
 from tasks.discover import discover, inspect
 from tasks.export import export, manifest
 from tasks.pair import pair
@@ -27,8 +28,15 @@ from tasks.remap import remap
 from tasks.scrub import scrub
 
 
-class RunError(Exception):
-    """The run could not start or finish; the message is PHI-free."""
+class TargetFullStop(Exception):
+    """The target filled up; the CLI turns this into exit code 75. PHI-free message."""
+
+    def __init__(self, summary: dict):
+        self.summary = summary
+        super().__init__(
+            f"target full after {summary['exported']} instances written this run; "
+            f"{summary['remaining']} instances remain"
+        )
 
 
 def _run_id() -> str:
@@ -40,102 +48,180 @@ def _run_id() -> str:
         return str(uuid.uuid4())
 
 
-def build_config(source: str, target: str, layout: str, profile: str, state_dir: str, allow_burned_in: bool,
-                 key_file: str | None, key_block: str | None, byte_budget: int | None,
-                 s3_options: dict | None = None) -> WorkerConfig:
-    key = load_key(key_file=key_file, key_block=key_block, state_dir=state_dir)
-    return WorkerConfig(source=source, target=target, profile=get_profile(profile), key=key, layout=layout,
-                        allow_burned_in=allow_burned_in, byte_budget=byte_budget, s3_options=s3_options or {})
+def _in_deployment() -> bool:
+    try:
+        from prefect.runtime import deployment
+
+        return deployment.id is not None
+    except Exception:  # noqa: BLE001
+        return False
 
 
-@flow(name="anonymize", flow_run_name="anonymize-{label}", log_prints=False, persist_result=False)
-def anonymize(
-    source: str,
-    target: str,
-    layout: Literal["flat", "patient", "study", "series"] = "study",
-    profile: str = "research",
-    label: str = "run",
-    state_dir: str | None = None,
-    allow_burned_in: bool = False,
-    batch_size: int = 500,
-    key_file: str | None = None,
-    key_block: str | None = None,
-    byte_budget: int | None = None,
-    max_in_flight: int = 4,
-) -> dict:
-    """De-identify every DICOM instance under SOURCE into TARGET; returns the PHI-free run summary."""
+def worker_config(req: RunRequest, state_dir: str, target: str) -> WorkerConfig:
+    key = load_key(key_file=req.key_file, key_block=req.key_block, state_dir=state_dir)
+    return WorkerConfig(source=req.source, target=target, profile=get_profile(req.profile), key=key,
+                        layout=req.layout, allow_burned_in=req.allow_burned_in, byte_budget=req.byte_budget,
+                        s3_options=req.s3_options())
+
+
+@contextlib.contextmanager
+def task_runner(req: RunRequest):
+    """Where batch tasks run: threads (default), local processes (--workers N), or a Dask cluster."""
+    if req.dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        runner = DaskTaskRunner(address=req.dask_address)
+    elif req.workers > 1:
+        from prefect.task_runners import ProcessPoolTaskRunner
+
+        runner = ProcessPoolTaskRunner(max_workers=req.workers)
+    else:
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        runner = ThreadPoolTaskRunner(max_workers=max(1, req.max_in_flight))
+    with runner:
+        yield runner
+
+
+@flow(name="anonymize", flow_run_name="anonymize-{request.label}", log_prints=False, persist_result=False)
+def anonymize(request: RunRequest) -> dict:
+    """De-identify every DICOM instance under the source into the target; returns the PHI-free run summary."""
+    req = request
     logger = get_run_logger()
     started = time.time()
-    state_dir = state_dir or default_state_dir()
+    state_dir = req.state_dir or default_state_dir()
     run_id = _run_id()
     store = StateStore(state_dir)
     try:
-        cfg = build_config(source, target, layout, profile, state_dir, allow_burned_in, key_file, key_block,
-                           byte_budget)
-        progress = create_progress_artifact(0.0, key="medanon-progress", description=f"medanon {label}: starting")
+        target = req.target
+        cfg = worker_config(req, state_dir, target)
+        progress = create_progress_artifact(0.0, key="medanon-progress", description=f"medanon {req.label}: starting")
 
-        # 1. discover: list the source, then read headers in batches
-        listed = discover(cfg, store, run_id, label)
-        logger.info("discover: %d files listed (%d new, %d changed)", listed["listed"], listed["new"],
-                    listed["changed"])
-        _run_waves(enumerate(store.iter_uninspected(cfg.source, batch_size), start=1),
-                   lambda n, b: inspect.submit(cfg, n, b), lambda n, items: store.record_inspected(items),
-                   max_in_flight)
+        with task_runner(req) as runner:
+            # 1. discover: list the source, then read headers in batches
+            listed = discover(cfg, store, run_id, req.label)
+            logger.info("discover: %d files listed (%d new, %d changed)", listed["listed"], listed["new"],
+                        listed["changed"])
+            _run_waves(enumerate(store.iter_uninspected(cfg.source, req.batch_size), start=1),
+                       lambda n, b: runner.submit(inspect, {"cfg": cfg, "batch_no": n, "entries": b}),
+                       lambda n, items: store.record_inspected(items), req.max_in_flight)
 
-        # 2. pair reports with studies
-        paired = pair(store, cfg.source, run_id, label)
+            # 2. pair reports with studies
+            paired = pair(store, cfg.source, run_id, req.label)
 
-        # 3. remap: pseudonyms, crosswalk and output paths
-        planned = remap(cfg, store, run_id, label, batch_size)
-        skipped_existing = store.count(cfg.source, "status='done' AND seen_run=? AND done_token=size||':'||token",
-                                       (run_id,))
-        total = store.count(cfg.source, "status='planned'")
-        logger.info("remap: %d instances to de-identify, %d held by policy", total, planned["held"])
+            # 3. remap: pseudonyms, crosswalk and output paths
+            planned = remap(cfg, store, run_id, req.label, req.batch_size)
+            skipped_existing = store.count(cfg.source, "status='done' AND seen_run=? AND done_token=size||':'||token",
+                                           (run_id,))
+            total = store.count(cfg.source, "status='planned'")
+            estimate = store.planned_bytes(cfg.source)
+            logger.info("remap: %d instances to de-identify (about %d bytes), %d held by policy", total, estimate,
+                        planned["held"])
 
-        # 4-5. scrub each batch on the workers, export (ledger) as each completes
-        totals = {"exported": 0, "skipped_identical": 0, "bytes_out": 0, "target_full": False}
-        done = {"n": 0}
+            # 4-5. scrub each batch on the workers, export (ledger) as each completes; a full
+            # target pauses (deployment: suspend for operator input) or stops (CLI: exit 75)
+            totals = {"exported": 0, "skipped_identical": 0, "bytes_out": 0, "target_full": False}
+            targets_used = []
+            attempt = 0
+            while True:
+                tgt = open_target(target, byte_budget=req.byte_budget, **cfg.s3_options)
+                if isinstance(tgt, LocalTarget):
+                    tgt.remove_stale_temp()  # left by a killed run; never part of the output
+                free = tgt.free_bytes()
+                logger.info("target: %s bytes free for about %d bytes to write",
+                            "unknown" if free is None else free, store.planned_bytes(cfg.source))
+                full = _scrub_stage(runner, cfg, store, req, totals, progress, total)
+                manifest(store, tgt, req.label)  # space for it is held in reserve by the target
+                targets_used.append(target)
+                if not full:
+                    break
+                remaining = store.count(cfg.source, "status='planned'")
+                if not _in_deployment():
+                    summary = _summary(req, cfg, listed, store, run_id, paired, totals, skipped_existing, started,
+                                       estimate)
+                    summary["remaining"] = remaining
+                    store.save_run(run_id, started, summary)
+                    raise TargetFullStop(summary)
+                attempt += 1
+                choice = _ask_operator(req, attempt, remaining)
+                if choice.new_target:
+                    target = choice.new_target
+                    cfg = worker_config(req.model_copy(update={"target": target}), state_dir, target)
+            update_progress_artifact(progress, 100.0, description=f"medanon {req.label}: finished")
 
-        def on_done(n, result):
-            rec = export(store, cfg.target, n, result)
-            totals["exported"] += rec["exported"]
-            totals["skipped_identical"] += rec["skipped_identical"]
-            totals["bytes_out"] += rec["bytes_out"]
-            totals["target_full"] |= result["target_full"]
-            done["n"] += len(result["outputs"]) + len(result["quarantined"])
-            update_progress_artifact(progress, 100.0 * done["n"] / max(total, 1),
-                                     description=f"medanon {label}: batch {n} done, {done['n']}/{total} instances")
-
-        _run_waves(enumerate(store.iter_planned(cfg.source, batch_size), start=1),
-                   lambda n, b: scrub.submit(cfg, n, b), on_done, max_in_flight)
-        update_progress_artifact(progress, 100.0, description=f"medanon {label}: finished")
-
-        target_obj = open_target(cfg.target, **cfg.s3_options)
-        manifest(store, target_obj, label)
-        summary = {
-            "label": label,
-            "profile": cfg.profile.name,
-            "layout": layout,
-            "discovered": listed["listed"],
-            "dicom": store.count(cfg.source, "kind='dicom' AND seen_run=?", (run_id,)),
-            "reports": paired["reports_found"],
-            "exported": totals["exported"],
-            "skipped_existing": skipped_existing,
-            "skipped_identical": totals["skipped_identical"],
-            "quarantined": store.reasons(cfg.source, run_id),
-            "bytes_out": totals["bytes_out"],
-            "target_full": totals["target_full"],
-            "seconds": round(time.time() - started, 2),
-        }
+        summary = _summary(req, cfg, listed, store, run_id, paired, totals, skipped_existing, started, estimate)
+        summary["targets"] = len(targets_used)
         store.save_run(run_id, started, summary)
-        create_table_artifact(
-            [{"measure": k, "value": str(v)} for k, v in summary.items()],
-            key="medanon-summary",
-            description=f"medanon run summary ({label})",
-        )
+        create_table_artifact([{"measure": k, "value": str(v)} for k, v in summary.items()],
+                              key="medanon-summary", description=f"medanon run summary ({req.label})")
         return summary
     finally:
         store.close()
+
+
+def _ask_operator(req: RunRequest, attempt: int, remaining: int) -> TargetChoice:
+    """Suspend the deployment run until the operator adds space or names a new target in the UI."""
+    from prefect.flow_runs import suspend_flow_run
+
+    logger = get_run_logger()
+    logger.warning("target full: %d instances remain; suspending until space is added or a new target is given",
+                   remaining)
+    create_table_artifact(
+        [{"measure": "remaining instances", "value": str(remaining)},
+         {"measure": "to continue", "value": "resume this run: leave new_target empty after adding space, "
+                                              "or give a new target location"}],
+        key="medanon-target-full", description=f"medanon {req.label}: target full")
+    return suspend_flow_run(wait_for_input=TargetChoice, key=f"target-full-{attempt}", timeout=None)
+
+
+def _scrub_stage(runner, cfg: WorkerConfig, store: StateStore, req: RunRequest, totals: dict, progress,
+                 total: int) -> bool:
+    """Scrub and write every planned batch; True when the target filled up."""
+    done = {"n": 0}
+
+    def on_done(n, result):
+        rec = export(store, cfg.target, n, result)
+        for k in ("exported", "skipped_identical", "bytes_out"):
+            totals[k] += rec[k]
+        totals["target_full"] |= result["target_full"]
+        done["n"] += len(result["outputs"]) + len(result["quarantined"])
+        update_progress_artifact(progress, min(100.0, 100.0 * done["n"] / max(total, 1)),
+                                 description=f"medanon {req.label}: batch {n} done, {done['n']}/{total} instances")
+
+    full = {"hit": False}
+
+    def batches():
+        for n, b in enumerate(store.iter_planned(cfg.source, req.batch_size), start=1):
+            if full["hit"]:
+                return
+            yield n, b
+
+    def handle(n, result):
+        on_done(n, result)
+        full["hit"] |= result["target_full"]
+
+    _run_waves(batches(), lambda n, b: runner.submit(scrub, {"cfg": cfg, "batch_no": n, "items": b}), handle,
+               req.max_in_flight)
+    return full["hit"]
+
+
+def _summary(req, cfg, listed, store, run_id, paired, totals, skipped_existing, started, estimate) -> dict:
+    return {
+        "label": req.label,
+        "profile": cfg.profile.name,
+        "layout": req.layout,
+        "discovered": listed["listed"],
+        "dicom": store.count(cfg.source, "kind='dicom' AND seen_run=?", (run_id,)),
+        "reports": paired["reports_found"],
+        "exported": totals["exported"],
+        "skipped_existing": skipped_existing,
+        "skipped_identical": totals["skipped_identical"],
+        "quarantined": store.reasons(cfg.source, run_id),
+        "bytes_out": totals["bytes_out"],
+        "estimated_bytes": estimate,
+        "target_full": totals["target_full"],
+        "seconds": round(time.time() - started, 2),
+    }
 
 
 def _run_waves(batches, submit, on_result, max_in_flight: int) -> None:
@@ -156,3 +242,4 @@ def _drain(pending: dict, on_result, one: bool) -> None:
         on_result(pending.pop(fut), fut.result())
         if one:
             return
+

@@ -45,7 +45,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="export instances that may carry burned-in text (quarantined by default)")
         sp.add_argument("--label", default="run", help="a PHI-free name for this run (shown in Prefect)")
         sp.add_argument("--batch-size", type=int, default=500, help="instances per Prefect task (default 500)")
-        sp.add_argument("--byte-budget", type=int, help="stop when this many bytes have been written")
+        sp.add_argument("--byte-budget", type=int, help="stop when this run has written this many bytes")
+        sp.add_argument("--workers", type=int, default=1, help="local worker processes for batch tasks")
+        sp.add_argument("--dask-address", help="run batch tasks on an existing Dask cluster (tcp://HOST:PORT)")
+        sp.add_argument("--endpoint-url", help="S3-compatible endpoint URL for s3:// sources and targets")
+        sp.add_argument("--region", help="S3 region")
         sp.add_argument("--json", action="store_true", help="print the run summary as one JSON object")
 
     run = sub.add_parser("run", help="de-identify SOURCE into TARGET")
@@ -103,13 +107,28 @@ def run_command(args, source: str, target: str) -> int:
         raise UsageError("--batch-size must be at least 1")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.anonymize import anonymize
+    from pydantic import ValidationError
 
-    summary = anonymize(
-        source=source, target=target, layout=args.layout, profile=args.profile, label=args.label,
-        state_dir=state_dir, allow_burned_in=args.allow_burned_in, batch_size=args.batch_size,
-        key_file=args.key_file, key_block=args.key_block, byte_budget=args.byte_budget,
-    )
+    from flows.anonymize import TargetFullStop, anonymize
+    from .request import RunRequest
+
+    try:
+        request = RunRequest(
+            source=source, target=target, layout=args.layout, profile=args.profile, label=args.label,
+            state_dir=state_dir, allow_burned_in=args.allow_burned_in, batch_size=args.batch_size,
+            key_file=args.key_file, key_block=args.key_block, byte_budget=args.byte_budget, workers=args.workers,
+            dask_address=args.dask_address, s3_endpoint_url=args.endpoint_url, s3_region=args.region,
+        )
+    except ValidationError as exc:
+        fields = ", ".join(str(e["loc"][0]) for e in exc.errors())
+        raise UsageError(f"invalid option value: {fields}") from None
+    try:
+        summary = anonymize(request)
+    except TargetFullStop as stop:
+        _print_summary(stop.summary, args.json)
+        print(f"medanon: {stop}. Add space and run the same command again, or run it with a new TARGET "
+              "to continue there (finished instances are not redone).", file=sys.stderr)
+        return EXIT_TARGET_FULL
     _print_summary(summary, args.json)
     return EXIT_OK
 

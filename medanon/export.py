@@ -36,5 +36,6 @@ def manifest_bytes(store: StateStore, target_url: str) -> bytes:
 
 def write_manifest(store: StateStore, target) -> int:
     data = manifest_bytes(store, target.url)
-    target.put_bytes(MANIFEST_NAME, data, hashlib.sha256(data).hexdigest())
+    put = getattr(target, "put_reserved", target.put_bytes)
+    put(MANIFEST_NAME, data, hashlib.sha256(data).hexdigest())
     return data.count(b"\n") - 1

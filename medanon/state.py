@@ -207,6 +207,11 @@ class StateStore:
             last = rows[-1]["id"]
             yield [tuple(r) for r in rows]
 
+    def planned_bytes(self, source: str) -> int:
+        """Estimated output size of what remains: de-identified files are about their source's size."""
+        return self.db.execute("SELECT COALESCE(SUM(size), 0) FROM files WHERE source=? AND status='planned'",
+                               (source,)).fetchone()[0]
+
     def count(self, source: str, where: str = "1", params: tuple = ()) -> int:
         return self.db.execute(f"SELECT COUNT(*) FROM files WHERE source=? AND {where}", (source, *params)).fetchone()[0]
 

@@ -34,8 +34,10 @@ def test_flow_run_names_artifacts_and_no_phi(harness, tmp_path, monkeypatch):
     monkeypatch.setenv("MEDANON_KEY", TEST_KEY)
     src = tmp_path / "archive"
     build_sample_archive(src)
-    summary = anonymize(source=str(src), target=str(tmp_path / "out"), state_dir=str(tmp_path / "state"),
-                        label="nightly-ct", batch_size=4)
+    from medanon.request import RunRequest
+
+    summary = anonymize(RunRequest(source=str(src), target=str(tmp_path / "out"), state_dir=str(tmp_path / "state"),
+                                   label="nightly-ct", batch_size=4))
     assert summary["exported"] >= 15
     flows, tasks, arts, logs = asyncio.run(_collect())
     assert [f.name for f in flows] == ["anonymize-nightly-ct"]

@@ -51,7 +51,7 @@ class LocalSource:
 class LocalTarget:
     """Writes via a hidden temp file in the destination folder, fsync, then rename."""
 
-    def __init__(self, root: str | os.PathLike, byte_budget: int | None = None, reserve: int = 0):
+    def __init__(self, root: str | os.PathLike, byte_budget: int | None = None, reserve: int = 1 << 20):
         self.root = Path(root).resolve()
         self.url = str(self.root)
         self.byte_budget = byte_budget
@@ -68,9 +68,16 @@ class LocalTarget:
             free = min(free, self.byte_budget - self.bytes_written)
         return max(free, 0)
 
-    def _check_space(self, size: int) -> None:
-        if self.byte_budget is not None and self.bytes_written + size > self.byte_budget:
+    def _check_space(self, size: int, reserved: bool = False) -> None:
+        """Refuse a write that would exceed the budget or eat into the reserve (kept for the manifest)."""
+        if not reserved and self.byte_budget is not None and self.bytes_written + size > self.byte_budget:
             raise TargetFull(size, self.byte_budget - self.bytes_written)
+        probe = self.root
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free - (0 if reserved else self.reserve)
+        if size + 4096 > free:
+            raise TargetFull(size, max(free, 0))
 
     # -- files -------------------------------------------------------------
     def _dest(self, relpath: str) -> Path:
@@ -89,10 +96,10 @@ class LocalTarget:
 
         return sha256_bytes(dest.read_bytes()) == sha256
 
-    def _write(self, relpath: str, size: int, sha256: str, writer) -> bool:
+    def _write(self, relpath: str, size: int, sha256: str, writer, reserved: bool = False) -> bool:
         if self.exists_same(relpath, sha256, size):
             return False
-        self._check_space(size)
+        self._check_space(size, reserved)
         dest = self._dest(relpath)
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=dest.parent)
@@ -110,11 +117,16 @@ class LocalTarget:
         except BaseException:
             _unlink_quiet(tmp)
             raise
-        self.bytes_written += size
+        if not reserved:
+            self.bytes_written += size
         return True
 
     def put_bytes(self, relpath: str, data: bytes, sha256: str) -> bool:
         return self._write(relpath, len(data), sha256, lambda fh: fh.write(data))
+
+    def put_reserved(self, relpath: str, data: bytes, sha256: str) -> bool:
+        """A small bookkeeping file (the manifest) that may use the reserve and is outside the budget."""
+        return self._write(relpath, len(data), sha256, lambda fh: fh.write(data), reserved=True)
 
     def put_file(self, relpath: str, local_path: str, sha256: str) -> bool:
         size = os.path.getsize(local_path)

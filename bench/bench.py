@@ -1,0 +1,465 @@
+#!/usr/bin/env python
+"""medanon performance benchmark (issue "5/5 Performance").
+
+Builds an archive of N copies of pydicom-data's real 512x512 CT (``693_UNCI.dcm``), each with its
+own patient/study/series/instance identity and PHI-ish names, in nested folders, then times on that
+same archive:
+
+    medanon    the CLI end to end (``medanon run SRC OUT --json``, fresh state dir and PREFECT_HOME:
+               wall time includes Python/Prefect start-up; the flow's own "seconds" is reported too)
+    cp         ``cp -r SRC DST`` (the I/O floor)
+    pydicom    a single-process dcmread + save_as loop over every file (the parse/encode floor)
+    dicognito  ``dicognito --output-directory OUT --quiet SRC`` (via its main())
+    deid       ``deid.dicom.get_files`` + ``replace_identifiers`` with the default recipe
+
+Usage:
+    python bench/bench.py --n 2000 [--workdir DIR] [--tools medanon,cp,pydicom,dicognito,deid] [--json]
+    python bench/bench.py --n 20000 --memory [--workdir DIR]      # medanon only: peak RSS
+
+Every tool runs as a child process of this script; the bench measures its wall time (and, for
+medanon, the peak RSS of the process and of its whole process tree, which includes Prefect's
+ephemeral API server). Tools that are not installed are reported as ``skipped``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from importlib import metadata, util
+from pathlib import Path
+
+ALL_TOOLS = ("medanon", "cp", "pydicom", "dicognito", "deid")
+SOURCE_FILE = "693_UNCI.dcm"
+RESULT_MARK = "BENCH_RESULT "
+
+FIRST = ["Agnieszka", "José", "Taro", "Siobhan", "Chinedu", "Astrid", "Mehmet", "Olga", "Priya", "Lars",
+         "Fatima", "Giulia", "Hiroshi", "Noor", "Pedro", "Ingrid", "Kwame", "Mei", "Tomasz", "Aoife"]
+LAST = ["Kowalczyk", "Fernandez", "Yamada", "Brennan", "Okonkwo", "Lindqvist", "Yilmaz", "Petrova", "Sharma",
+        "Johansson", "Haddad", "Rossi", "Tanaka", "Rahman", "Silva", "Berg", "Mensah", "Chen", "Nowak", "Byrne"]
+STREETS = ["Rue des Lilas", "Baker Street", "Harbor Boulevard", "Main Street", "Kastanienallee", "Via Roma"]
+DOCTORS = ["Okonkwo^Chinedu^^Dr", "Lindqvist^Astrid", "Brennan^Siobhan^^Dr.", "House^Gregory^^Dr"]
+INSTITUTIONS = ["St. Bartholomew Riverside Hospital", "Springfield General", "Klinikum Nord"]
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------ archive
+
+def build_archive(root: Path, n: int, seed: int = 5) -> dict:
+    """Write n instances under root: ~n/200 patients, 2 studies of one ~100-instance series each.
+
+    The source file is read once; each copy is the same in-memory dataset with its identity
+    attributes overwritten, then written. File basenames are unique across the tree (deid writes
+    its output flat, by basename)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from medanon.samples import data_file
+
+    rng = random.Random(seed)
+    t0 = time.perf_counter()
+    ds = pydicom.dcmread(data_file(SOURCE_FILE))
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    per_series, per_patient = 100, 200
+    n_bytes = 0
+    patient = study = series = None
+    for i in range(n):
+        p, s = divmod(i, per_patient)
+        if i % per_patient == 0:  # new patient
+            first, last = rng.choice(FIRST), rng.choice(LAST)
+            patient = {
+                "PatientID": f"MRN{rng.randint(1000000, 9999999)}",
+                "PatientName": f"{last}^{first}",
+                "PatientBirthDate": f"19{rng.randint(30, 99)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}",
+                "PatientSex": rng.choice("MF"),
+                "PatientAddress": f"{rng.randint(1, 300)} {rng.choice(STREETS)}",
+                "PatientTelephoneNumbers": f"0{rng.randint(10, 99)} {rng.randint(1000, 9999)} {rng.randint(1000, 9999)}",
+                "OtherPatientNames": f"{last.upper()}^{first.upper()}",
+                "InstitutionName": rng.choice(INSTITUTIONS),
+                "site": f"site{p % 3}",
+            }
+        if i % per_series == 0:  # new series (and, every 100 instances here, a new study)
+            sno = s // per_series
+            study = {
+                "StudyInstanceUID": generate_uid(),
+                "StudyDate": f"20{rng.randint(10, 24)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}",
+                "AccessionNumber": f"ACC{rng.randint(10**7, 10**8 - 1)}",
+                "StudyID": str(rng.randint(1000, 9999)),
+                "ReferringPhysicianName": rng.choice(DOCTORS),
+                "StudyDescription": f"CT THORAX {patient['PatientName'].split('^')[0]}",
+            }
+            series = {"SeriesInstanceUID": generate_uid(), "FrameOfReferenceUID": generate_uid(),
+                      "SeriesNumber": sno + 1, "OperatorsName": rng.choice(DOCTORS)}
+        for kw, v in patient.items():
+            if kw != "site":
+                setattr(ds, kw, v)
+        for kw, v in study.items():
+            setattr(ds, kw, v)
+        for kw, v in series.items():
+            setattr(ds, kw, v)
+        ds.SeriesDate = ds.ContentDate = study["StudyDate"]
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        k = i % per_series
+        ds.InstanceNumber = k + 1
+        ds.SliceLocation = f"{-k * 1.25:.2f}"
+        ds.ImageComments = f"follow-up for {patient['PatientName'].replace('^', ' ')}"
+        folder = (root / patient["site"] / patient["PatientID"] / f"{study['StudyDate']}_{study['AccessionNumber']}"
+                  / f"S{series['SeriesNumber']:03d}")
+        if k == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+        path = folder / (f"IMG{i:06d}" + (".dcm" if i % 2 == 0 else ""))  # some without extension
+        ds.save_as(path, enforce_file_format=True)
+        n_bytes += path.stat().st_size
+        if (i + 1) % 5000 == 0:
+            log(f"  {i + 1}/{n} written")
+    return {"files": n, "bytes": n_bytes, "patients": (n + per_patient - 1) // per_patient,
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+# ------------------------------------------------------------------------------------------ child runs
+
+PYDICOM_CHILD = r"""
+import json, os, sys, time
+import pydicom
+src, out = sys.argv[1], sys.argv[2]
+t0 = time.perf_counter(); n = 0
+for root, dirs, files in os.walk(src):
+    od = os.path.join(out, os.path.relpath(root, src))
+    os.makedirs(od, exist_ok=True)
+    for f in files:
+        ds = pydicom.dcmread(os.path.join(root, f))
+        ds.save_as(os.path.join(od, f))
+        n += 1
+print("BENCH_RESULT " + json.dumps({"files": n, "seconds": time.perf_counter() - t0}))
+"""
+
+DICOGNITO_CHILD = r"""
+import json, sys, time
+from dicognito.__main__ import main
+src, out = sys.argv[1], sys.argv[2]
+t0 = time.perf_counter()
+main(["--output-directory", out, "--quiet", src])
+print("BENCH_RESULT " + json.dumps({"seconds": time.perf_counter() - t0}))
+"""
+
+DEID_CHILD = r"""
+import json, sys, time
+from deid.dicom import get_files, replace_identifiers
+src, out = sys.argv[1], sys.argv[2]
+t0 = time.perf_counter()
+files = list(get_files(src))
+replace_identifiers(files, save=True, output_folder=out)   # default recipe
+print("BENCH_RESULT " + json.dumps({"files": len(files), "seconds": time.perf_counter() - t0}))
+"""
+
+
+def _proc_children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(d))
+    return kids
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class TreeRssSampler(threading.Thread):
+    """Polls the RSS of a process and of its whole tree (sum over descendants)."""
+
+    def __init__(self, pid: int, interval: float = 0.25):
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.peak_main = self.peak_tree = 0
+        self.max_procs = 1
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            kids = _proc_children()
+            tree, todo = [], [self.pid]
+            while todo:
+                p = todo.pop()
+                tree.append(p)
+                todo += kids.get(p, [])
+            self.peak_main = max(self.peak_main, _rss(self.pid))
+            self.peak_tree = max(self.peak_tree, sum(_rss(p) for p in tree))
+            self.max_procs = max(self.max_procs, len(tree))
+            self._halt.wait(self.interval)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+def run_child(cmd: list[str], env: dict, log_base: Path, sample_rss: bool = False) -> dict:
+    """Run cmd; wall time, exit code, rusage (wait4: this child and the descendants it reaped)."""
+    with open(f"{log_base}.out", "wb") as out, open(f"{log_base}.err", "wb") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        sampler = TreeRssSampler(proc.pid) if sample_rss else None
+        if sampler:
+            sampler.start()
+        _, status, ru = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if sampler:
+            sampler.stop()
+    res = {"rc": proc.returncode, "wall": round(wall, 2), "maxrss_mb": round(ru.ru_maxrss / 1024, 1),
+           "user_cpu": round(ru.ru_utime, 2), "sys_cpu": round(ru.ru_stime, 2)}
+    if sampler:
+        res["peak_rss_main_mb"] = round(sampler.peak_main / 2**20, 1)
+        res["peak_rss_tree_mb"] = round(sampler.peak_tree / 2**20, 1)
+        res["max_processes"] = sampler.max_procs
+    stdout = Path(f"{log_base}.out").read_text(errors="replace")
+    res["stdout"] = stdout
+    if proc.returncode != 0:
+        res["stderr_tail"] = Path(f"{log_base}.err").read_text(errors="replace")[-800:]
+    return res
+
+
+def _marked(stdout: str) -> dict:
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(RESULT_MARK):
+            return json.loads(line[len(RESULT_MARK):])
+    return {}
+
+
+def count_files(root: Path) -> int:
+    return sum(len(files) for _, _, files in os.walk(root))
+
+
+def medanon_cmd() -> list[str]:
+    exe = Path(sys.executable).with_name("medanon")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "medanon.cli"]
+
+
+def available(tool: str) -> str | None:
+    """None if the tool can run, else why it is skipped."""
+    if tool == "cp":
+        return None if shutil.which("cp") else "cp not found"
+    if tool == "medanon":
+        return None if util.find_spec("medanon") else "medanon not importable"
+    return None if util.find_spec(tool) else f"{tool} not installed in {sys.executable}"
+
+
+def child_env(extra: dict | None = None) -> dict:
+    env = os.environ.copy()
+    env.pop("PREFECT_API_URL", None)  # always Prefect's ephemeral server, never a configured one
+    env.pop("PREFECT_PROFILE", None)
+    env.update(extra or {})
+    return env
+
+
+def run_tool(tool: str, src: Path, work: Path, n: int, args) -> dict:
+    why = available(tool)
+    if why:
+        return {"tool": tool, "status": "skipped", "reason": why}
+    out = work / f"out-{tool}"
+    logs = work / "logs"
+    logs.mkdir(exist_ok=True)
+    env = child_env()
+    inner = None
+    if tool == "medanon":
+        state, home = work / "medanon-state", work / "prefect-home"
+        for d in (state, home):
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir(parents=True)
+        env = child_env({"MEDANON_KEY": args.key, "PREFECT_HOME": str(home),
+                         "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+        cmd = medanon_cmd() + ["run", str(src), str(out), "--json", "--state-dir", str(state)]
+        cmd += shlex.split(args.medanon_args)
+    elif tool == "cp":
+        cmd = ["cp", "-r", str(src), str(out)]
+    else:
+        code = {"pydicom": PYDICOM_CHILD, "dicognito": DICOGNITO_CHILD, "deid": DEID_CHILD}[tool]
+        if tool == "deid":
+            env["MESSAGELEVEL"] = "ERROR"
+        cmd = [sys.executable, "-c", code, str(src), str(out)]
+    os.sync()  # do not make the next tool pay for the previous one's dirty pages
+    log(f"running {tool} ...")
+    r = run_child(cmd, env, logs / tool, sample_rss=(tool == "medanon"))
+    res = {"tool": tool, "status": "ok" if r["rc"] == 0 else "failed", **{k: v for k, v in r.items() if k != "stdout"}}
+    if tool == "medanon":
+        summary = {}
+        for line in reversed(r["stdout"].splitlines()):
+            if line.startswith("{"):
+                try:
+                    summary = json.loads(line)
+                    break
+                except ValueError:
+                    pass
+        res["summary"] = {k: summary.get(k) for k in ("discovered", "dicom", "exported", "quarantined",
+                                                      "bytes_out", "seconds")} if summary else None
+        inner = summary.get("seconds")
+        if r["rc"] == 0 and summary.get("exported") != n:
+            res["status"] = "incomplete"
+    elif tool != "cp":
+        inner = _marked(r["stdout"]).get("seconds")
+    res["inner_seconds"] = round(inner, 2) if inner is not None else None
+    res["files_out"] = count_files(out) if out.exists() else 0
+    if tool == "medanon" and (out / "manifest.csv").exists():
+        res["files_out"] -= 1
+    res["files_per_s"] = round(n / r["wall"], 1) if r["wall"] else None
+    res["inner_files_per_s"] = round(n / inner, 1) if inner else None
+    log(f"  {tool}: rc={r['rc']} wall={r['wall']}s" + (f" inner={res['inner_seconds']}s" if inner else ""))
+    if not args.keep_outputs:
+        shutil.rmtree(out, ignore_errors=True)
+    return res
+
+
+# ------------------------------------------------------------------------------------------ report
+
+def machine_facts() -> dict:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for pkg in ("medanon", "pydicom", "prefect", "dicognito", "deid", "numpy"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
+        mem = f"{kb / 2**20:.1f} GiB"
+    except (OSError, IndexError, ValueError):
+        pass
+    cp_version = ""
+    try:
+        cp_version = subprocess.run(["cp", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    except (OSError, IndexError):
+        pass
+    return {"nproc": os.cpu_count(), "cpu": cpu, "memory": mem, "python": platform.python_version(),
+            "platform": platform.platform(), "cp": cp_version, "versions": versions}
+
+
+def ratios(results: list[dict]) -> dict:
+    by = {r["tool"]: r for r in results if r["status"] in ("ok", "incomplete")}
+    m = by.get("medanon")
+    out = {}
+    if not m:
+        return out
+    for other in ("dicognito", "deid", "pydicom", "cp"):
+        o = by.get(other)
+        if not o or not o.get("files_per_s"):
+            continue
+        # throughput ratio: medanon files/s / other files/s (< 1 means medanon is slower)
+        out[f"medanon/{other}"] = {
+            "wall": round(m["files_per_s"] / o["files_per_s"], 3),
+            "flow": round(m["inner_files_per_s"] / o["files_per_s"], 3) if m.get("inner_files_per_s") else None,
+        }
+    return out
+
+
+def table(report: dict) -> str:
+    rows = ["| tool | status | wall s | own s | files out | files/s (wall) | files/s (own) | medanon ÷ tool (wall / flow) |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rat = report.get("ratios", {})
+    for r in report["results"]:
+        if r["status"] == "skipped":
+            rows.append(f"| {r['tool']} | skipped ({r['reason']}) | | | | | | |")
+            continue
+        ratio = rat.get(f"medanon/{r['tool']}")
+        rtxt = f"{ratio['wall']:.2f}× / {ratio['flow']:.2f}×" if ratio and ratio["flow"] else (
+            f"{ratio['wall']:.2f}×" if ratio else "")
+        own = r.get("inner_seconds")
+        rows.append(f"| {r['tool']} | {r['status']} | {r['wall']:.1f} | {own if own is not None else ''} | "
+                    f"{r['files_out']} | {r['files_per_s']} | {r.get('inner_files_per_s') or ''} | {rtxt} |")
+    lines = [f"N = {report['n']} instances ({report['archive']['bytes'] / 2**20:.0f} MiB, "
+             f"{report['archive']['patients']} patients), archive built in {report['archive']['seconds']} s", ""]
+    lines += rows
+    m = next((r for r in report["results"] if r["tool"] == "medanon" and r["status"] != "skipped"), None)
+    if m:
+        lines += ["", f"medanon: flow {m.get('inner_seconds')} s of {m['wall']} s wall "
+                      f"(start-up/teardown {m['wall'] - (m.get('inner_seconds') or 0):.1f} s); "
+                      f"CPU user {m['user_cpu']} s + sys {m['sys_cpu']} s; "
+                      f"peak RSS main process {m.get('peak_rss_main_mb')} MB, process tree "
+                      f"{m.get('peak_rss_tree_mb')} MB ({m.get('max_processes')} processes), "
+                      f"wait4 ru_maxrss {m['maxrss_mb']} MB; summary {json.dumps(m.get('summary'))}"]
+    f = report["machine"]
+    lines += ["", f"machine: {f['nproc']} CPUs ({f['cpu']}), {f['memory']}, Python {f['python']}, "
+                  + ", ".join(f"{k} {v}" for k, v in f["versions"].items() if v)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=2000, help="number of instances in the archive (default 2000)")
+    ap.add_argument("--workdir", help="where to build the archive and outputs (default: a temp dir under $TMPDIR)")
+    ap.add_argument("--tools", default=",".join(ALL_TOOLS), help=f"comma list among {','.join(ALL_TOOLS)}")
+    ap.add_argument("--memory", action="store_true", help="run medanon only and report its peak RSS")
+    ap.add_argument("--json", action="store_true", help="print the report as one JSON line on stdout "
+                                                        "(the table goes to stderr)")
+    ap.add_argument("--key", default="bench-key-not-secret", help="MEDANON_KEY for the medanon run")
+    ap.add_argument("--medanon-args", default="", help="extra arguments for `medanon run` (e.g. '--layout series')")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (archive, outputs, logs)")
+    ap.add_argument("--keep-outputs", action="store_true", help="keep each tool's output folder")
+    args = ap.parse_args(argv)
+
+    tools = ["medanon"] if args.memory else [t.strip() for t in args.tools.split(",") if t.strip()]
+    bad = [t for t in tools if t not in ALL_TOOLS]
+    if bad:
+        ap.error(f"unknown tool(s): {', '.join(bad)}")
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="medanon-bench-", dir=args.workdir))
+    need = args.n * 530_000 * (2 if args.keep_outputs else 1) * 2
+    free = shutil.disk_usage(work).free
+    if free < need:
+        log(f"warning: {free / 2**30:.1f} GiB free in {work}, the run needs about {need / 2**30:.1f} GiB")
+    try:
+        src = work / "archive"
+        log(f"building archive of {args.n} instances in {src} ...")
+        archive = build_archive(src, args.n)
+        log(f"  done in {archive['seconds']} s ({archive['bytes'] / 2**20:.0f} MiB)")
+        results = [run_tool(t, src, work, args.n, args) for t in tools]
+        report = {"n": args.n, "mode": "memory" if args.memory else "speed", "workdir": str(work),
+                  "archive": archive, "results": results, "ratios": ratios(results), "machine": machine_facts()}
+        text = table(report)
+        if args.json:
+            print(text, file=sys.stderr)
+            print(json.dumps(report))
+        else:
+            print(text)
+        return 0 if all(r["status"] in ("ok", "skipped") for r in results) else 1
+    finally:
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""What an operator asks for: the parameters of a run (a pydantic model, so the Prefect UI shows a
+form) and the answer to a full target. No secrets here: keys are referenced by block name or file."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class RunRequest(BaseModel):
+    source: str = Field(description="Folder (or s3://bucket/prefix) holding the archive, any structure")
+    target: str = Field(description="Output folder or s3://bucket/prefix")
+    layout: Literal["flat", "patient", "study", "series"] = Field(
+        "study", description="flat, <patient>/, <patient>/<study>/ or <patient>/<study>/<series>/")
+    profile: Literal["basic", "research"] = Field("research", description="PS3.15 Annex E profile")
+    label: str = Field("run", description="PHI-free name shown in flow run names", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
+    state_dir: str | None = Field(None, description="Local state store (PHI, never exported)")
+    allow_burned_in: bool = Field(False, description="Export instances that may carry burned-in text")
+    batch_size: int = Field(500, ge=1, le=100_000, description="Instances per Prefect task")
+    byte_budget: int | None = Field(None, ge=0, description="Stop (or suspend) after writing this many bytes")
+    key_file: str | None = Field(None, description="File holding the secret key")
+    key_block: str | None = Field(None, description="Name of a Prefect Secret block holding the key")
+    max_in_flight: int = Field(4, ge=1, le=256, description="Batches running at once")
+    workers: int = Field(1, ge=1, le=256, description="Local worker processes for batch tasks")
+    dask_address: str | None = Field(None, description="tcp://HOST:PORT of an existing Dask scheduler")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, Ceph...)")
+    s3_region: str | None = Field(None, description="S3 region")
+
+    def s3_options(self) -> dict:
+        opts = {}
+        if self.s3_endpoint_url:
+            opts["endpoint_url"] = self.s3_endpoint_url
+        if self.s3_region:
+            opts["region_name"] = self.s3_region
+        return opts
+
+
+class TargetChoice(BaseModel):
+    """Operator input when the target is full: leave new_target empty after adding space."""
+
+    new_target: str | None = Field(None, description="Continue writing to this folder or s3:// location instead")
