@@ -16,7 +16,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.futures import as_completed
 
 from medanon.keys import load_key
-from medanon.pipeline import WorkerConfig, default_state_dir
+from medanon.pipeline import BatchIncomplete, WorkerConfig, default_state_dir
 from medanon.profile import get_profile
 from medanon.request import RunRequest, TargetChoice
 from medanon.state import StateStore
@@ -176,32 +176,47 @@ def _ask_operator(req: RunRequest, attempt: int, remaining: int) -> TargetChoice
 
 def _scrub_stage(runner, cfg: WorkerConfig, store: StateStore, req: RunRequest, totals: dict, progress,
                  total: int) -> bool:
-    """Scrub and write every planned batch; True when the target filled up."""
+    """Scrub and write every planned batch; True when the target filled up.
+
+    With a byte budget, each batch is given what is left of it after the bytes the
+    ledger says this target already holds and the estimated size of batches in flight."""
     done = {"n": 0}
-
-    def on_done(n, result):
-        rec = export(store, cfg.target, n, result)
-        for k in ("exported", "skipped_identical", "bytes_out"):
-            totals[k] += rec[k]
-        totals["target_full"] |= result["target_full"]
-        done["n"] += len(result["outputs"]) + len(result["quarantined"])
-        update_progress_artifact(progress, min(100.0, 100.0 * done["n"] / max(total, 1)),
-                                 description=f"medanon {req.label}: batch {n} done, {done['n']}/{total} instances")
-
     full = {"hit": False}
+    in_flight: dict[int, int] = {}
+
+    def allowance(batch) -> int | None:
+        if req.byte_budget is None:
+            return None
+        return req.byte_budget - store.target_bytes(cfg.target) - sum(in_flight.values())
 
     def batches():
         for n, b in enumerate(store.iter_planned(cfg.source, req.batch_size), start=1):
             if full["hit"]:
                 return
-            yield n, b
+            left = allowance(b)
+            if left is not None and left <= 0:
+                full["hit"] = True
+                return
+            in_flight[n] = sum(i[3] for i in b)
+            yield n, (b, left)
+
+    def submit(n, batch_and_budget):
+        items, left = batch_and_budget
+        batch_cfg = cfg if left is None else cfg.model_copy(update={"byte_budget": left})
+        return runner.submit(scrub, {"cfg": batch_cfg, "batch_no": n, "items": items})
 
     def handle(n, result):
-        on_done(n, result)
-        full["hit"] |= result["target_full"]
+        in_flight.pop(n, None)
+        rec = export(store, cfg.target, n, result)
+        for k in ("exported", "skipped_identical", "bytes_out"):
+            totals[k] += rec[k]
+        if result["target_full"]:
+            full["hit"] = totals["target_full"] = True
+        done["n"] += len(result["outputs"]) + len(result["quarantined"])
+        update_progress_artifact(progress, min(100.0, 100.0 * done["n"] / max(total, 1)),
+                                 description=f"medanon {req.label}: batch {n} done, {done['n']}/{total} instances")
 
-    _run_waves(batches(), lambda n, b: runner.submit(scrub, {"cfg": cfg, "batch_no": n, "items": b}), handle,
-               req.max_in_flight)
+    _run_waves(batches(), submit, handle, req.max_in_flight)
     return full["hit"]
 
 
@@ -239,7 +254,11 @@ def _run_waves(batches, submit, on_result, max_in_flight: int) -> None:
 
 def _drain(pending: dict, on_result, one: bool) -> None:
     for fut in as_completed(list(pending)):
-        on_result(pending.pop(fut), fut.result())
+        try:
+            result = fut.result()
+        except BatchIncomplete as partial:  # the target filled up during this batch
+            result = partial.result
+        on_result(pending.pop(fut), result)
         if one:
             return
 

@@ -145,6 +145,19 @@ def manifest_info(ds, relpath: str, sha256: str, size: int) -> dict:
     }
 
 
+class BatchIncomplete(Exception):
+    """The target filled up during a batch: carries the PHI-free partial summary.
+
+    Raised (not returned) so that Prefect never caches an incomplete batch."""
+
+    def __init__(self, result: dict):
+        self.result = result
+        super().__init__(f"batch {result['batch']}: target full after {result['exported']} instances")
+
+    def __reduce__(self):
+        return (BatchIncomplete, (self.result,))
+
+
 def scrub_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple[int, str, str]]) -> dict:
     """items: (file_id, source relpath, out relpath). Returns a PHI-free summary.
 

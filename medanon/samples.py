@@ -178,3 +178,33 @@ def build_sample_archive(root: str | os.PathLike, seed: int = 7, ct_series_size:
         del us.BurnedInAnnotation
     us.save_as(junk / "ultrasound_capture", enforce_file_format=True)
     return {"root": str(root), "studies": studies, "dicom_files": len(written) + 1, "phi": PLANTED_PHI}
+
+
+def build_series_archive(root: str | os.PathLike, n: int, source: str = "CT_small.dcm", per_series: int = 50,
+                         per_patient_series: int = 2, seed: int = 11, start: int = 0) -> list[str]:
+    """n instances copied from one real file, with distinct patients/studies/series/instances.
+
+    Instances are numbered from ``start`` so that a later call can add new ones to the same
+    patients and series (for incremental runs)."""
+    rng = random.Random(seed)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    base = pydicom.dcmread(data_file(source))
+    paths = []
+    for i in range(start, start + n):
+        s = i // per_series
+        p = s // per_patient_series
+        ds = base.copy()
+        ds.PatientID = f"BENCH{p:05d}"
+        ds.PatientName = f"Testperson^Number{p}"
+        ds.StudyInstanceUID = f"1.2.826.0.1.3680043.8.498.77.{p}"
+        ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.8.498.78.{s}"
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.79.{i}"
+        ds.InstanceNumber = i % per_series + 1
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        d = root / f"p{p:05d}" / f"s{s:05d}"
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / f"{i:07d}{rng.choice(['.dcm', ''])}"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(str(path))
+    return paths

@@ -207,6 +207,11 @@ class StateStore:
             last = rows[-1]["id"]
             yield [tuple(r) for r in rows]
 
+    def target_bytes(self, target: str) -> int:
+        """Bytes the ledger says a target already holds."""
+        return self.db.execute("SELECT COALESCE(SUM(out_size), 0) FROM files WHERE status='done' AND target=?",
+                               (target,)).fetchone()[0]
+
     def planned_bytes(self, source: str) -> int:
         """Estimated output size of what remains: de-identified files are about their source's size."""
         return self.db.execute("SELECT COALESCE(SUM(size), 0) FROM files WHERE source=? AND status='planned'",

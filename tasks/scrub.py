@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from medanon.pipeline import WorkerConfig, scrub_batch
+from medanon.pipeline import BatchIncomplete, WorkerConfig, scrub_batch
 
 
 def batch_cache_key(context, parameters) -> str:
@@ -16,8 +16,23 @@ def batch_cache_key(context, parameters) -> str:
     return "scrub-" + cfg.pseudonymizer().cache_token(*parts)
 
 
+def _retry_unless_full(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except BatchIncomplete:
+        return False
+    except Exception:  # noqa: BLE001
+        return True
+    return False
+
+
 @task(name="scrub", task_run_name="scrub-batch-{batch_no}", cache_key_fn=batch_cache_key, persist_result=True,
-      retries=1, retry_delay_seconds=2)
+      retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_unless_full)
 def scrub(cfg: WorkerConfig, batch_no: int, items: list[tuple]) -> dict:
-    """items: (file_id, source relpath, out relpath, size, token). Returns a PHI-free summary."""
-    return scrub_batch(cfg, batch_no, [(i[0], i[1], i[2]) for i in items])
+    """items: (file_id, source relpath, out relpath, size, token). Returns a PHI-free summary.
+
+    A batch cut short by a full target raises BatchIncomplete, so it is never cached."""
+    result = scrub_batch(cfg, batch_no, [(i[0], i[1], i[2]) for i in items])
+    if result["target_full"]:
+        raise BatchIncomplete(result)
+    return result
