@@ -144,9 +144,12 @@ def anonymize(request: RunRequest) -> dict:
                     raise TargetFullStop(summary)
                 attempt += 1
                 choice = _ask_operator(req, attempt, remaining)
+                if choice.byte_budget is not None:
+                    req = req.model_copy(update={"byte_budget": choice.byte_budget})
                 if choice.new_target:
                     target = choice.new_target
-                    cfg = worker_config(req.model_copy(update={"target": target}), state_dir, target)
+                    req = req.model_copy(update={"target": target})
+                cfg = worker_config(req, state_dir, target)
             update_progress_artifact(progress, 100.0, description=f"medanon {req.label}: finished")
 
         summary = _summary(req, cfg, listed, store, run_id, paired, totals, skipped_existing, started, estimate)

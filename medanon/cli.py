@@ -61,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", default="medanon-demo", help="where to put sample/ and output/ (default ./medanon-demo)")
     add_run_options(demo)
 
+    serve = sub.add_parser("serve", help="serve the on-demand deployment (and a scheduled incremental one)")
+    serve.add_argument("--source", help="source of the scheduled incremental deployment")
+    serve.add_argument("--target", help="target of the scheduled incremental deployment")
+    serve.add_argument("--cron", help="cron schedule of the incremental deployment, e.g. '0 2 * * *'")
+    serve.add_argument("--interval", type=int, help="or: run the incremental deployment every N seconds")
+    add_run_options(serve)
+
     sub.add_parser("profiles", help="list the profiles and their Annex E options")
     return p
 
@@ -98,22 +105,13 @@ def _print_summary(summary: dict, as_json: bool) -> None:
         print(f"    {reason:26} {n}")
 
 
-def run_command(args, source: str, target: str) -> int:
-    from .pipeline import default_state_dir
-
-    state_dir = args.state_dir or default_state_dir()
-    _check_paths(source, target, state_dir)
-    if args.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+def _request(args, source: str, target: str, state_dir: str):
     from pydantic import ValidationError
 
-    from flows.anonymize import TargetFullStop, anonymize
     from .request import RunRequest
 
     try:
-        request = RunRequest(
+        return RunRequest(
             source=source, target=target, layout=args.layout, profile=args.profile, label=args.label,
             state_dir=state_dir, allow_burned_in=args.allow_burned_in, batch_size=args.batch_size,
             key_file=args.key_file, key_block=args.key_block, byte_budget=args.byte_budget, workers=args.workers,
@@ -122,6 +120,34 @@ def run_command(args, source: str, target: str) -> int:
     except ValidationError as exc:
         fields = ", ".join(str(e["loc"][0]) for e in exc.errors())
         raise UsageError(f"invalid option value: {fields}") from None
+
+
+def serve_command(args) -> int:
+    from .pipeline import default_state_dir
+
+    incremental = None
+    if args.source or args.target:
+        if not (args.source and args.target and (args.cron or args.interval)):
+            raise UsageError("the incremental deployment needs --source, --target and --cron or --interval")
+        state_dir = args.state_dir or default_state_dir()
+        _check_paths(args.source, args.target, state_dir)
+        incremental = _request(args, args.source, args.target, state_dir)
+    from deployments.serve import serve
+
+    serve(incremental, cron=args.cron, interval_seconds=args.interval)
+    return EXIT_OK
+
+
+def run_command(args, source: str, target: str) -> int:
+    from .pipeline import default_state_dir
+
+    state_dir = args.state_dir or default_state_dir()
+    _check_paths(source, target, state_dir)
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.anonymize import TargetFullStop, anonymize
+
+    request = _request(args, source, target, state_dir)
     try:
         summary = anonymize(request)
     except TargetFullStop as stop:
@@ -155,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.json:
                 print(f"de-identified copy: {base / 'output'}")
             return code
+        if args.cmd == "serve":
+            return serve_command(args)
         return run_command(args, args.source, args.target)
     except UsageError as exc:
         print(f"medanon: error: {exc}", file=sys.stderr)

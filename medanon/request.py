@@ -40,3 +40,4 @@ class TargetChoice(BaseModel):
     """Operator input when the target is full: leave new_target empty after adding space."""
 
     new_target: str | None = Field(None, description="Continue writing to this folder or s3:// location instead")
+    byte_budget: int | None = Field(None, ge=0, description="A new byte budget per target (empty: keep the current one)")
