@@ -2,6 +2,7 @@
 # medanon quick start: needs only Python 3.11+ and the package registry.
 #   bash quickstart.sh demo   build a messy sample archive and de-identify it (embedded Prefect, local disk)
 #   bash quickstart.sh test   run the test suite
+#   bash quickstart.sh install   only create .venv and install medanon
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=""
@@ -22,6 +23,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 fi
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 case "${1:-demo}" in
+  install) exit 0 ;;
   demo) shift || true; exec .venv/bin/medanon demo "$@" ;;
   test) shift || true; exec .venv/bin/python -m pytest -q "$@" ;;
   *) echo "usage: bash quickstart.sh demo|test" >&2; exit 2 ;;
