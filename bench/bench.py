@@ -157,9 +157,10 @@ print("BENCH_RESULT " + json.dumps({"seconds": time.perf_counter() - t0}))
 """
 
 DEID_CHILD = r"""
-import json, sys, time
+import json, os, sys, time
 from deid.dicom import get_files, replace_identifiers
 src, out = sys.argv[1], sys.argv[2]
+os.makedirs(out, exist_ok=True)
 t0 = time.perf_counter()
 files = list(get_files(src))
 replace_identifiers(files, save=True, output_folder=out)   # default recipe
@@ -230,7 +231,7 @@ def run_child(cmd: list[str], env: dict, log_base: Path, sample_rss: bool = Fals
         proc.returncode = os.waitstatus_to_exitcode(status)
         if sampler:
             sampler.stop()
-    res = {"rc": proc.returncode, "wall": round(wall, 2), "maxrss_mb": round(ru.ru_maxrss / 1024, 1),
+    res = {"rc": proc.returncode, "wall": round(wall, 3), "maxrss_mb": round(ru.ru_maxrss / 1024, 1),
            "user_cpu": round(ru.ru_utime, 2), "sys_cpu": round(ru.ru_stime, 2)}
     if sampler:
         res["peak_rss_main_mb"] = round(sampler.peak_main / 2**20, 1)
@@ -366,6 +367,10 @@ def machine_facts() -> dict:
 
 
 def ratios(results: list[dict]) -> dict:
+    """Time ratios medanon / tool for the same N files (> 1: medanon takes that many times longer).
+
+    ``wall``: both wall times (medanon's includes Python + Prefect start-up); ``flow``: medanon's
+    flow "seconds" against the tool's wall time."""
     by = {r["tool"]: r for r in results if r["status"] in ("ok", "incomplete")}
     m = by.get("medanon")
     out = {}
@@ -373,18 +378,18 @@ def ratios(results: list[dict]) -> dict:
         return out
     for other in ("dicognito", "deid", "pydicom", "cp"):
         o = by.get(other)
-        if not o or not o.get("files_per_s"):
+        if not o or not o.get("wall"):
             continue
-        # throughput ratio: medanon files/s / other files/s (< 1 means medanon is slower)
         out[f"medanon/{other}"] = {
-            "wall": round(m["files_per_s"] / o["files_per_s"], 3),
-            "flow": round(m["inner_files_per_s"] / o["files_per_s"], 3) if m.get("inner_files_per_s") else None,
+            "wall": round(m["wall"] / o["wall"], 2),
+            "flow": round(m["inner_seconds"] / o["wall"], 2) if m.get("inner_seconds") else None,
         }
     return out
 
 
 def table(report: dict) -> str:
-    rows = ["| tool | status | wall s | own s | files out | files/s (wall) | files/s (own) | medanon ÷ tool (wall / flow) |",
+    rows = ["| tool | status | wall s | own s | files out | files/s (wall) | files/s (own) "
+            "| medanon time ÷ tool time (wall / flow) |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     rat = report.get("ratios", {})
     for r in report["results"]:
@@ -392,10 +397,11 @@ def table(report: dict) -> str:
             rows.append(f"| {r['tool']} | skipped ({r['reason']}) | | | | | | |")
             continue
         ratio = rat.get(f"medanon/{r['tool']}")
-        rtxt = f"{ratio['wall']:.2f}× / {ratio['flow']:.2f}×" if ratio and ratio["flow"] else (
-            f"{ratio['wall']:.2f}×" if ratio else "")
+        rtxt = ""
+        if ratio:
+            rtxt = f"{ratio['wall']:g}× / {ratio['flow']:g}×" if ratio["flow"] is not None else f"{ratio['wall']:g}×"
         own = r.get("inner_seconds")
-        rows.append(f"| {r['tool']} | {r['status']} | {r['wall']:.1f} | {own if own is not None else ''} | "
+        rows.append(f"| {r['tool']} | {r['status']} | {r['wall']:.2f} | {own if own is not None else ''} | "
                     f"{r['files_out']} | {r['files_per_s']} | {r.get('inner_files_per_s') or ''} | {rtxt} |")
     lines = [f"N = {report['n']} instances ({report['archive']['bytes'] / 2**20:.0f} MiB, "
              f"{report['archive']['patients']} patients), archive built in {report['archive']['seconds']} s", ""]

@@ -8,7 +8,6 @@ for a bad file.
 
 from __future__ import annotations
 
-import io
 import struct
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -200,13 +199,3 @@ def policy_reason(item: Inspected, clean_structured_content: bool, allow_burned_
     if not allow_burned_in and needs_burned_in_guard(item):
         return "burned-in-annotation"
     return ""
-
-
-def read_dataset(source: Source, relpath: str):
-    """Full read for scrubbing (pixel data kept as raw bytes, never decoded)."""
-    with source.open(relpath) as fh:
-        raw = sniff(fh.read(HEAD_BYTES)) == "raw"
-        fh.seek(0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return pydicom.dcmread(fh, force=raw)

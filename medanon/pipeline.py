@@ -10,7 +10,6 @@ the state store (that task never persists its result).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from typing import Literal
@@ -18,7 +17,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, SecretBytes
 
 from . import __version__
-from .discover import Inspected, inspect_entry, read_dataset
+from . import fastpath
+from .discover import Inspected, inspect_entry
 from .keys import Pseudonymizer
 from .profile import Profile
 from .storage import SourceEntry, StorageError, TargetFull, open_source, open_target
@@ -119,11 +119,17 @@ def _ensure_file_meta(ds) -> None:
             setattr(meta, meta_kw, ds[kw].value)
 
 
-def deidentify_bytes(ds, scrubber) -> tuple[bytes, object]:
-    """Scrub a dataset and encode it as a Part 10 file in its original transfer syntax."""
+def prepare(ds, scrubber):
+    """Scrub a dataset in place and give it a clean Part 10 file meta and preamble."""
     ctx = scrubber.scrub(ds)
     _ensure_file_meta(ds)
     ds.preamble = b"\x00" * 128  # the preamble may hold anything (TIFF headers, vendor data)
+    return ctx
+
+
+def deidentify_bytes(ds, scrubber) -> tuple[bytes, object]:
+    """Scrub a whole dataset and encode it as a Part 10 file in its original transfer syntax."""
+    ctx = prepare(ds, scrubber)
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue(), ctx
@@ -173,21 +179,17 @@ def scrub_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple[int, str, st
               "quarantined": {}, "outputs": {}, "target_full": False, "pending": []}
     for n, (file_id, relpath, out_rel) in enumerate(items):
         try:
-            ds = read_dataset(source, relpath)
-        except OSError:
-            result["quarantined"][file_id] = "read-error"
-            continue
-        except Exception:  # noqa: BLE001 - parser failure: quarantine, never crash, never echo
-            result["quarantined"][file_id] = "unreadable"
-            continue
-        try:
-            data, _ctx = deidentify_bytes(ds, scrubber)
-        except Exception:  # noqa: BLE001
-            result["quarantined"][file_id] = "scrub-error"
-            continue
-        sha = hashlib.sha256(data).hexdigest()
-        try:
-            written = target.put_bytes(out_rel, data, sha)
+            with source.open(relpath) as fh:
+                size = fh.seek(0, io.SEEK_END)
+                fh.seek(0)
+                try:
+                    out = fastpath.deidentify_file(fh, size, lambda ds: prepare(ds, scrubber))
+                except OSError:
+                    raise
+                except Exception:  # noqa: BLE001 - never crash, never echo a value
+                    result["quarantined"][file_id] = "scrub-error"
+                    continue
+                written = fastpath.write(target, out_rel, out)
         except TargetFull:
             result["target_full"] = True
             result["pending"] = [i[0] for i in items[n:]]
@@ -195,12 +197,15 @@ def scrub_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple[int, str, st
         except StorageError:
             result["quarantined"][file_id] = "write-error"
             continue
+        except OSError:
+            result["quarantined"][file_id] = "read-error"
+            continue
         if written:
             result["exported"] += 1
-            result["bytes_out"] += len(data)
+            result["bytes_out"] += out.size
         else:
             result["skipped_identical"] += 1
-        result["outputs"][file_id] = manifest_info(ds, out_rel, sha, len(data))
+        result["outputs"][file_id] = manifest_info(out.ds, out_rel, out.sha256, out.size)
     return result
 
 

@@ -38,7 +38,7 @@ PLANTED_PHI: list[str] = (
     + ["Rue des Lilas", "Baker Street", "Nishi-Shinjuku", "01 44 55 66 77", "7946 0958", "5321-1111"]
     + ["Okonkwo", "Chinedu", "Lindqvist", "Astrid", "Brennan", "Siobhan"]
     + ["Bartholomew", "Harbor Boulevard", STATION, SERIAL] + ACCESSIONS
-    + ["Grandmother-Hildegard", "PrivateSecretValue", "Comment-Mentions-Kowalczyk"]
+    + ["Grandmother-Hildegard", "PrivateSecretValue", "kowalczyk", "fernández", "yamada"]
 )
 
 SOURCES = [
@@ -88,7 +88,7 @@ def _plant(ds: Dataset, patient, accession: str, study_uid: str, study_date: str
     ds.StationName = STATION
     ds.DeviceSerialNumber = SERIAL
     ds.StudyDescription = f"CT THORAX for {name.split('^')[0]}"
-    ds.ImageComments = "Comment-Mentions-Kowalczyk"
+    ds.ImageComments = f"Comment-Mentions-{name.split('^')[0]} and {name.split('^')[0].lower()}_scan"
     # a nested sequence with identifiers inside
     req = Dataset()
     req.RequestingPhysician = PHYSICIANS[0]

@@ -124,6 +124,15 @@ class LocalTarget:
     def put_bytes(self, relpath: str, data: bytes, sha256: str) -> bool:
         return self._write(relpath, len(data), sha256, lambda fh: fh.write(data))
 
+    def put_stream(self, relpath: str, chunks, sha256: str, size: int) -> bool:
+        """Write a large file from an iterator of byte blocks (bounded memory)."""
+
+        def copy(fh):
+            for block in chunks:
+                fh.write(block)
+
+        return self._write(relpath, size, sha256, copy)
+
     def put_reserved(self, relpath: str, data: bytes, sha256: str) -> bool:
         """A small bookkeeping file (the manifest) that may use the reserve and is outside the budget."""
         return self._write(relpath, len(data), sha256, lambda fh: fh.write(data), reserved=True)

@@ -1,0 +1,206 @@
+"""Unit tests for medanon.textscrub (pure logic, no Prefect)."""
+
+from __future__ import annotations
+
+import random
+from datetime import date, timedelta
+
+import pytest
+
+from medanon.textscrub import KnownIdentifiers, Span, clean_text, find_phi_spans, shift_da, shift_date_text
+
+SHIFT = -17
+
+
+def _known() -> KnownIdentifiers:
+    return KnownIdentifiers(
+        person_names=["DOE^JOHN^Q"],
+        ids=["12345678", "ACC998877"],
+        dates=["19650312"],
+        addresses=["123 Main St^Boston^MA^02114"],
+        phones=["617-555-0199"],
+        institutions=["Riverside General Hospital"],
+        replacements={"ACC998877": "A7F3C0", "12345678": "P0000042"},
+    )
+
+
+def _absent(out: str, *values: str):
+    for v in values:
+        assert v not in out, f"{v!r} leaked in:\n{out}"
+
+
+# --------------------------------------------------------------------------- names
+
+
+@pytest.mark.parametrize("form", [
+    "John Doe", "Doe, John", "DOE, JOHN", "DOE JOHN", "J. Doe", "Doe J", "John Q. Doe", "JOHN DOE",
+    "DOE^JOHN", "Mr. Doe", "doe, john",
+])
+def test_patient_name_forms(form):
+    out = clean_text(f"Patient seen today: {form} was imaged.", _known())
+    assert "[NAME]" in out
+    _absent(out, "Doe", "DOE", "doe")
+    if "John" in form or "JOHN" in form:
+        _absent(out, "John", "JOHN")
+
+
+def test_single_tokens_of_known_name():
+    out = clean_text("Doe tolerated the exam. John was anxious.", _known())
+    assert out == "[NAME] tolerated the exam. [NAME] was anxious."
+
+
+def test_relatives_and_physicians_after_cues():
+    text = ("History obtained from his daughter, Xanthe, and wife Perpetua Ravenscroft.\n"
+            "Findings discussed with Dr. Thistlewaite at 14:20 and communicated to Oisin Vanterpool, RN.\n"
+            "Dictated by: Lysander Achterberg, MD\n"
+            "Electronically signed by Wilhelmina K. Fairweather, M.D.\n"
+            "Referring physician: Quirino Haverkamp\n"
+            "Tech: JS")
+    out = clean_text(text, _known())
+    _absent(out, "Xanthe", "Perpetua", "Ravenscroft", "Thistlewaite", "Oisin", "Vanterpool", "Lysander",
+            "Achterberg", "Wilhelmina", "Fairweather", "Quirino", "Haverkamp", "JS")
+    assert "14:20" in out
+    assert "MD" in out and "RN" in out
+
+
+def test_name_list_pairs_and_learned_tokens():
+    out = clean_text("Results were reviewed by Maria Gonzalez. Later Gonzalez agreed with the plan.")
+    _absent(out, "Maria", "Gonzalez")
+
+
+def test_clinical_text_preserved():
+    text = ("FINDINGS: White matter is normal. Small bowel is unremarkable. No mass effect. "
+            "Left lower lobe 4 mm nodule (Series 3, image 45). Brown-Sequard syndrome. Jones fracture. "
+            "Baker cyst. Murphy sign negative. Hodgkin lymphoma. Fleischner Society guidelines. "
+            "Morison pouch clear. Bosniak 2F. BI-RADS 2. DLP 456 mGy-cm. 3.2 x 2.1 cm. L4-L5. "
+            "IMPRESSION: Normal CT CHEST WITH CONTRAST. Gray matter heterotopia. Long segment stenosis.")
+    assert find_phi_spans(text) == []
+    assert clean_text(text, _known(), SHIFT) == text
+
+
+def test_patient_named_like_an_eponym_keeps_eponym_phrase():
+    k = KnownIdentifiers(person_names=["MURPHY^ANNE"])
+    out = clean_text("Mrs. Murphy has RUQ pain. Murphy sign positive. Anne Murphy agrees.", k)
+    assert out == "Mrs. [NAME] has RUQ pain. Murphy sign positive. [NAME] agrees."
+
+
+# --------------------------------------------------------------------------- ids
+
+
+def test_mrn_with_separators_and_accession_pseudonym():
+    text = "MRN: 12-345-678. Prior MRN 0012345678. Accession: ACC998877; acc acc998877. Order # RAD-2021-004567."
+    out = clean_text(text, _known())
+    _absent(out, "12-345-678", "12345678", "ACC998877", "acc998877", "RAD-2021-004567")
+    assert out.count("A7F3C0") == 2
+    assert "P0000042" in out  # the MRN has a pseudonym too
+
+
+def test_unknown_ids_get_placeholder():
+    out = clean_text("MRN: AB123456. SSN 123-45-6789. Encounter 987654321.")
+    _absent(out, "AB123456", "123-45-6789", "987654321")
+    assert out.count("[ID]") == 3
+
+
+def test_study_uid_replaced_with_pseudonym_when_known():
+    k = KnownIdentifiers(replacements={"1.2.840.113619.2.55.3.604688119": "2.25.1234"})
+    out = clean_text("Study UID 1.2.840.113619.2.55.3.604688119 and 1.2.840.99999.1.2.3.4", k)
+    assert "2.25.1234" in out and "[UID]" in out and "113619" not in out
+
+
+# --------------------------------------------------------------------------- contact details
+
+
+def test_phones_emails_urls_addresses():
+    text = ("Call (617) 555-0199 or 617.555.0123 or +44 20 7946 0958, pager 4-5678, ext. 4421.\n"
+            "E-mail john.doe@gmail.com; portal https://portal.riverside.org/r/12345.\n"
+            "Lives at 45 Elm Ave, Apt 4, Springfield, IL 62704. Mailing address 77 Sunset Boulevard.\n"
+            "Performed at Riverside General Hospital. Workstation 10.1.2.3.")
+    out = clean_text(text, _known())
+    _absent(out, "555-0199", "555.0123", "7946", "4-5678", "4421", "john.doe", "riverside.org",
+            "45 Elm", "Springfield", "62704", "Sunset", "Riverside", "10.1.2.3")
+    for ph in ("[PHONE]", "[EMAIL]", "[URL]", "[ADDRESS]", "[INSTITUTION]"):
+        assert ph in out
+
+
+def test_known_address_and_phone_in_other_forms():
+    out = clean_text("Home: 123 Main Street, Boston. Tel 6175550199.", _known())
+    _absent(out, "Main Street", "Boston", "6175550199")
+
+
+def test_age_over_89():
+    out = clean_text("A 92-year-old woman. Age: 95. 093Y. A 67-year-old man.")
+    assert out == "A 90+-year-old woman. Age: 90+. 90+. A 67-year-old man."
+
+
+# --------------------------------------------------------------------------- dates
+
+
+@pytest.mark.parametrize("fmt", [
+    "%Y-%m-%d", "%m/%d/%Y", "%d.%m.%Y", "%Y%m%d", "%B %d, %Y", "%d %b %Y", "%b %d %Y", "%d-%b-%Y", "%Y/%m/%d",
+])
+def test_date_shift_matches_shift_da(fmt):
+    rng = random.Random(fmt)
+    for _ in range(25):
+        d = date(1930, 1, 1) + timedelta(days=rng.randrange(35000))
+        days = rng.randint(-800, 800)
+        s = d.strftime(fmt)
+        out = clean_text(f"Exam of {s} reviewed.", None, days)
+        expected_da = shift_da(d.strftime("%Y%m%d"), days)
+        expected = date(int(expected_da[:4]), int(expected_da[4:6]), int(expected_da[6:]))
+        assert out == f"Exam of {expected.strftime(fmt)} reviewed.", (s, days, out)
+
+
+def test_date_shift_keeps_style():
+    assert shift_date_text("March 3rd, 2021", 1) == "March 4th, 2021"
+    assert shift_date_text("3/4/21", 30) == "4/3/21"
+    assert shift_date_text("03-MAR-2021", -3) == "28-FEB-2021"
+    assert shift_date_text("20210304101530.25", 1) == "20210305101530.25"
+    assert shift_date_text("3. März 2021", 31) == "3. April 2021"
+    assert shift_date_text("not a date", 3) is None
+
+
+def test_birth_date_any_format_and_placeholder_without_shift():
+    text = "DOB: 03/12/1965 (12.03.1965, March 12, 1965, 19650312, 12-MAR-65)"
+    out = clean_text(text, _known())
+    assert out.count("[DATE]") == 5 and "1965" not in out and "MAR-65" not in out
+
+
+def test_shift_da():
+    assert shift_da("20210301", -1) == "20210228"
+    assert shift_da("20200228", 1) == "20200229"
+    assert shift_da("20211231235959.123456+0100", 1) == "20220101235959.123456+0100"
+    assert shift_da("2021.03.01", 1) == "2021.03.02"
+    assert shift_da("2021", 10) == "2021"
+    assert shift_da("", 3) == ""
+    assert shift_da("20211340", 3) == ""
+
+
+def test_times_and_measurements_not_dates():
+    text = "At 10:32 the 12/30 ratio was 3.5; dose 1/2 tab; version 2.1.3; T2/FLAIR; C5/6."
+    assert clean_text(text, None, 5) == text
+
+
+# --------------------------------------------------------------------------- robustness
+
+
+def test_empty_and_unicode_never_raise():
+    k = KnownIdentifiers(person_names=["YAMADA^TARO=山田^太郎", "Müller^Jürgen"], ids=["1"], dates=["bad"])
+    assert clean_text("", k) == ""
+    assert clean_text("患者 山田太郎 様の胸部CT。", k) == "患者 [NAME] 様の胸部CT。"
+    assert clean_text("Herr Jürgen Müller, geb. 01.02.1950", k) == "Herr [NAME], geb. [DATE]"
+    rng = random.Random(7)
+    alphabet = "aZ09 .,:;-/()@#^\n'éß山\u200b\ufeff\x00+&|~\\"
+    for _ in range(500):
+        s = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 80)))
+        assert isinstance(clean_text(s, k, rng.choice([None, 3])), str)
+    blob = bytes(rng.getrandbits(8) for _ in range(2000)).decode("latin-1")
+    assert isinstance(clean_text(blob, k, 3), str)
+
+
+def test_find_phi_spans_are_sorted_and_disjoint():
+    text = "Dr. John Smith called 617-555-0199 on 03/04/2021 re MRN 12345678 at 123 Main St, Boston, MA 02114."
+    spans = find_phi_spans(text, _known())
+    assert all(isinstance(s, Span) for s in spans)
+    assert all(a.end <= b.start for a, b in zip(spans, spans[1:]))
+    kinds = {s.kind for s in spans}
+    assert {"NAME", "PHONE", "DATE", "ID", "ADDRESS"} <= kinds
