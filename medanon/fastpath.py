@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator
 
 import pydicom
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from .discover import HEAD_BYTES, sniff
@@ -74,10 +77,102 @@ def _element_end(fh: BinaryIO, start: int, size: int, little: bool, implicit: bo
     return None
 
 
+LONG_VR_NAMES = {v.decode() for v in LONG_VRS} | {"SV", "UV"}
+
+
 def _encode_header(ds) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    """Encode a Part 10 file (without pixel data when read with stop_before_pixels).
+
+    Elements still raw (never converted: kept as read) are copied with their original
+    value bytes; only the elements the scrubber touched go through pydicom's encoders.
+    The result is what ``save_as`` writes, minus most of its per-element overhead."""
+    tsyntax = ds.file_meta.get("TransferSyntaxUID")
+    if tsyntax is None or tsyntax == DeflatedExplicitVRLittleEndian or not tsyntax.is_transfer_syntax:
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
+    implicit, little = tsyntax.is_implicit_VR, tsyntax.is_little_endian
+    if ds.original_encoding != (implicit, little):
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
+    fp = DicomBytesIO()
+    fp.write(ds.preamble or b"\x00" * 128)
+    fp.write(b"DICM")
+    fp.write(_encode_meta(ds.file_meta))
+    fp.is_implicit_VR, fp.is_little_endian = implicit, little
+    e = "<" if little else ">"
+    encodings = convert_encodings(ds.get("SpecificCharacterSet", default_encoding) or default_encoding)
+    pack = struct.pack
+    for tag in sorted(ds._dict):
+        elem = ds.get_item(tag)
+        if getattr(elem, "is_raw", False) and elem.length != 0xFFFFFFFF and (implicit or elem.VR):
+            value = elem.value or b""
+            fp.write(pack(e + "HH", tag >> 16, tag & 0xFFFF))
+            if implicit:
+                fp.write(pack(e + "I", len(value)))
+            elif elem.VR in LONG_VR_NAMES:
+                fp.write(elem.VR.encode() + b"\x00\x00" + pack(e + "I", len(value)))
+            elif len(value) <= 0xFFFF:
+                fp.write(elem.VR.encode() + pack(e + "H", len(value)))
+            else:  # cannot happen in a valid file; let pydicom decide
+                write_data_element(fp, ds[tag], encodings)
+                continue
+            fp.write(value)
+        elif tag == METHOD_CODE_SEQUENCE:  # the same few codes in every instance: encode once
+            key = (implicit, little, tuple(str(item.get("CodeValue", "")) for item in elem.value))
+            cached = _CONSTANT_ELEMENTS.get(key)
+            if cached is None:
+                tmp = DicomBytesIO()
+                tmp.is_implicit_VR, tmp.is_little_endian = implicit, little
+                write_data_element(tmp, elem, encodings)
+                cached = _CONSTANT_ELEMENTS[key] = tmp.getvalue()
+            fp.write(cached)
+        else:
+            write_data_element(fp, ds[tag] if getattr(elem, "is_raw", False) else elem, encodings)
+    return fp.getvalue()
+
+
+METHOD_CODE_SEQUENCE = 0x00120064
+_CONSTANT_ELEMENTS: dict = {}
+_META_VR_PAD = {"UI": b"\x00", "OB": b"\x00"}
+
+
+def _encode_meta(meta) -> bytes:
+    """File meta information (always explicit VR little endian), with its group length;
+    the same bytes pydicom's write_file_meta_info writes, without its per-call overhead."""
+    from pydicom.datadict import dictionary_VR
+
+    if "FileMetaInformationVersion" not in meta:
+        meta.FileMetaInformationVersion = b"\x00\x01"
+    if "ImplementationClassUID" not in meta:
+        meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+        meta.ImplementationVersionName = f"PYDICOM {pydicom.__version__}"[:16]
+    body = io.BytesIO()
+    for tag in sorted(meta._dict):
+        if tag == 0x00020000:
+            continue
+        elem = meta[tag]
+        vr = elem.VR if elem.VR and len(elem.VR) == 2 else dictionary_VR(tag)
+        value = elem.value
+        if isinstance(value, (bytes, bytearray)):
+            raw = bytes(value)
+        elif vr == "UL":
+            raw = struct.pack("<I", value)
+        elif vr == "US":
+            raw = struct.pack("<H", value)
+        else:
+            raw = str(value).encode("ascii", "replace")
+        if len(raw) % 2:
+            raw += _META_VR_PAD.get(vr, b" ")
+        body.write(struct.pack("<HH", tag >> 16, tag & 0xFFFF))
+        if vr in LONG_VR_NAMES:
+            body.write(vr.encode() + b"\x00\x00" + struct.pack("<I", len(raw)))
+        else:
+            body.write(vr.encode() + struct.pack("<H", len(raw)))
+        body.write(raw)
+    data = body.getvalue()
+    return struct.pack("<HH", 0x0002, 0x0000) + b"UL" + struct.pack("<HI", 4, len(data)) + data
 
 
 def deidentify_file(fh: BinaryIO, size: int, scrub: Callable) -> Deidentified:

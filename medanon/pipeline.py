@@ -103,7 +103,8 @@ def remap_rows(rows, pseudo: Pseudonymizer, layout: str, retain_uids: bool = Fal
 
 def _ensure_file_meta(ds) -> None:
     from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pydicom.uid import (PYDICOM_IMPLEMENTATION_UID, ExplicitVRBigEndian, ExplicitVRLittleEndian,
+                             ImplicitVRLittleEndian)
 
     meta = getattr(ds, "file_meta", None)
     if meta is None:
@@ -114,6 +115,9 @@ def _ensure_file_meta(ds) -> None:
         meta.TransferSyntaxUID = (
             ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
         )
+    # the writer is medanon, not the modality: its software identity is not carried over
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = f"MEDANON {__version__}"[:16]
     for meta_kw, kw in (("MediaStorageSOPClassUID", "SOPClassUID"), ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):
         if kw in ds:
             setattr(meta, meta_kw, ds[kw].value)
@@ -206,6 +210,9 @@ def scrub_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple[int, str, st
         else:
             result["skipped_identical"] += 1
         result["outputs"][file_id] = manifest_info(out.ds, out_rel, out.sha256, out.size)
+    sync = getattr(target, "sync", None)
+    if sync is not None and result["exported"]:
+        sync()  # durable before the flow records the batch in the ledger
     return result
 
 

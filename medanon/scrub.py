@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -209,11 +210,14 @@ class Scrubber:
                 self._walk(item, ctx, mode)
 
     def _unlisted(self, ds: Dataset, tag, ctx: ScrubContext, mode: str) -> None:
-        from pydicom.datadict import dictionary_has_tag
-
         if not dictionary_has_tag(tag) and (tag >> 16) not in (0x0002, 0xFFFE):
             del ds[tag]
             ctx.removed += 1
+            return
+        # decide from the raw element's VR first: most attributes are kept as read,
+        # without converting (and re-encoding) their values
+        vr = _raw_vr(ds, tag)
+        if vr not in ("SQ", "PN", "UI") and not (mode == "D" and vr in TEXT_VRS):
             return
         elem = ds[tag]
         vr = elem.VR
@@ -236,6 +240,8 @@ class Scrubber:
             del ds[tag]
             ctx.removed += 1
             return
+        if action == "K" and tag != PATIENT_AGE and _raw_vr(ds, tag) != "SQ":
+            return  # kept as read, never converted
         elem = ds[tag]
         vr = elem.VR
         if action == "K":
@@ -377,6 +383,17 @@ class Scrubber:
             self._clean(ds, tag, elem, ctx, "CSC")
         ctx.replaced += 1
         return True
+
+
+def _raw_vr(ds: Dataset, tag) -> str | None:
+    """The VR of an element without converting its value (dictionary VR for implicit files)."""
+    vr = getattr(ds.get_item(tag), "VR", None)
+    if vr:
+        return vr
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
 
 
 def _cap_age(age: str) -> str:

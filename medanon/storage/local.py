@@ -49,14 +49,18 @@ class LocalSource:
 
 
 class LocalTarget:
-    """Writes via a hidden temp file in the destination folder, fsync, then rename."""
+    """Writes via a hidden temp file in the destination folder, then rename; sync() per batch."""
 
-    def __init__(self, root: str | os.PathLike, byte_budget: int | None = None, reserve: int = 1 << 20):
+    def __init__(self, root: str | os.PathLike, byte_budget: int | None = None, reserve: int = 1 << 20,
+                 fsync_each: bool = False):
         self.root = Path(root).resolve()
         self.url = str(self.root)
         self.byte_budget = byte_budget
         self.reserve = reserve
         self.bytes_written = 0
+        # Durability: instead of an fsync per file, sync() flushes a whole batch before the
+        # ledger records it (a crash before that leaves files the next run re-checks by SHA-256).
+        self.fsync_each = fsync_each
 
     # -- space -------------------------------------------------------------
     def free_bytes(self) -> int | None:
@@ -106,8 +110,9 @@ class LocalTarget:
         try:
             with os.fdopen(fd, "wb") as fh:
                 writer(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
+                if self.fsync_each:
+                    fh.flush()
+                    os.fsync(fh.fileno())
             os.replace(tmp, dest)
         except OSError as exc:
             _unlink_quiet(tmp)
@@ -145,6 +150,10 @@ class LocalTarget:
                 shutil.copyfileobj(src, fh, 1 << 20)
 
         return self._write(relpath, size, sha256, copy)
+
+    def sync(self) -> None:
+        """Make everything written so far durable (called once per batch)."""
+        os.sync()
 
     def read_bytes(self, relpath: str) -> bytes:
         return self._dest(relpath).read_bytes()
