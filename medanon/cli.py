@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--label", default="run", help="a PHI-free name for this run (shown in Prefect)")
         sp.add_argument("--batch-size", type=int, default=500, help="instances per Prefect task (default 500)")
         sp.add_argument("--byte-budget", type=int, help="stop when this run has written this many bytes")
+        sp.add_argument("--no-sync", dest="sync", action="store_false",
+                        help="do not flush each batch to disk (safe against kills, not against power loss)")
         sp.add_argument("--workers", type=int, default=1, help="local worker processes for batch tasks")
         sp.add_argument("--dask-address", help="run batch tasks on an existing Dask cluster (tcp://HOST:PORT)")
         sp.add_argument("--endpoint-url", help="S3-compatible endpoint URL for s3:// sources and targets")
@@ -115,6 +117,7 @@ def _request(args, source: str, target: str, state_dir: str):
             source=source, target=target, layout=args.layout, profile=args.profile, label=args.label,
             state_dir=state_dir, allow_burned_in=args.allow_burned_in, batch_size=args.batch_size,
             key_file=args.key_file, key_block=args.key_block, byte_budget=args.byte_budget, workers=args.workers,
+            sync=args.sync,
             dask_address=args.dask_address, s3_endpoint_url=args.endpoint_url, s3_region=args.region,
         )
     except ValidationError as exc:

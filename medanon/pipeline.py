@@ -39,6 +39,7 @@ class WorkerConfig(BaseModel):
     layout: Layout = "study"
     allow_burned_in: bool = False
     byte_budget: int | None = None
+    sync: bool = True  # flush each batch to disk before the ledger records it
     s3_options: dict = {}
 
     def pseudonymizer(self) -> Pseudonymizer:
@@ -211,7 +212,7 @@ def scrub_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple[int, str, st
             result["skipped_identical"] += 1
         result["outputs"][file_id] = manifest_info(out.ds, out_rel, out.sha256, out.size)
     sync = getattr(target, "sync", None)
-    if sync is not None and result["exported"]:
+    if cfg.sync and sync is not None and result["exported"]:
         sync()  # durable before the flow records the batch in the ledger
     return result
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 
 class RunRequest(BaseModel):
-    source: str = Field(description="Folder (or s3://bucket/prefix) holding the archive, any structure")
-    target: str = Field(description="Output folder or s3://bucket/prefix")
+    source: str = Field("", description="Folder (or s3://bucket/prefix) holding the archive, any structure; "
+                                         "may be left empty when source_block is given")
+    target: str = Field("", description="Output folder or s3://bucket/prefix; may be left empty when target_block "
+                                         "is given")
     layout: Literal["flat", "patient", "study", "series"] = Field(
         "study", description="flat, <patient>/, <patient>/<study>/ or <patient>/<study>/<series>/")
     profile: Literal["basic", "research"] = Field("research", description="PS3.15 Annex E profile")
@@ -19,6 +21,8 @@ class RunRequest(BaseModel):
     allow_burned_in: bool = Field(False, description="Export instances that may carry burned-in text")
     batch_size: int = Field(500, ge=1, le=100_000, description="Instances per Prefect task")
     byte_budget: int | None = Field(None, ge=0, description="Stop (or suspend) after writing this many bytes")
+    sync: bool = Field(True, description="Flush each batch to disk before recording it (off: safe against "
+                                         "process kills, not against power loss)")
     key_file: str | None = Field(None, description="File holding the secret key")
     key_block: str | None = Field(None, description="Name of a Prefect Secret block holding the key")
     max_in_flight: int = Field(4, ge=1, le=256, description="Batches running at once")
@@ -26,6 +30,20 @@ class RunRequest(BaseModel):
     dask_address: str | None = Field(None, description="tcp://HOST:PORT of an existing Dask scheduler")
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, Ceph...)")
     s3_region: str | None = Field(None, description="S3 region")
+    source_block: str | None = Field(
+        None, description="Name of a 'medanon S3 source' block: bucket/prefix (used when source is empty), "
+                          "endpoint, region and credentials")
+    target_block: str | None = Field(
+        None, description="Name of a 'medanon S3 target' block: bucket/prefix (used when target is empty), "
+                          "endpoint, region, credentials and byte budget")
+
+    @model_validator(mode="after")
+    def _locations(self) -> "RunRequest":
+        if not (self.source or self.source_block):
+            raise ValueError("give a source or a source_block")
+        if not (self.target or self.target_block):
+            raise ValueError("give a target or a target_block")
+        return self
 
     def s3_options(self) -> dict:
         opts = {}
