@@ -17,8 +17,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.medanon-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e ".[test]"
+  echo "quickstart: installing medanon and its dependencies into .venv (first run only)..." >&2
+  if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e ".[test]"; } \
+      >.venv/install.log 2>&1; then
+    cat .venv/install.log >&2
+    echo "quickstart: installation failed (log above, also in .venv/install.log)" >&2
+    exit 1
+  fi
   touch "$stamp"
 fi
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
