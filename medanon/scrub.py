@@ -77,6 +77,7 @@ class ScrubContext:
     known: KnownIdentifiers = field(default_factory=KnownIdentifiers)
     removed: int = 0
     replaced: int = 0
+    known_key: tuple | None = None  # hashable form of ``known`` (computed on first use)
 
 
 def _registered(uid: str) -> bool:
@@ -90,6 +91,7 @@ class Scrubber:
         self.table = ActionTable(profile)
         self.safe_private = safe_private() if profile.retain_safe_private else frozenset()
         self.csc = csc_codes() if profile.clean_structured_content else {}
+        self._text_cache: dict = {}
         if profile.retain_longitudinal_full_dates:
             self.temporal = "UNMODIFIED"
         elif profile.retain_longitudinal_modified_dates:
@@ -342,8 +344,25 @@ class Scrubber:
 
     def _clean_text_value(self, elem: DataElement, ctx: ScrubContext):
         if elem.VM > 1:
-            return [clean_text(str(v), ctx.known, ctx.date_shift) for v in elem.value]
-        return clean_text(str(elem.value or ""), ctx.known, ctx.date_shift)
+            return [self._clean_text(str(v), ctx) for v in elem.value]
+        return self._clean_text(str(elem.value or ""), ctx)
+
+    def _clean_text(self, text: str, ctx: ScrubContext) -> str:
+        """clean_text, memoised: descriptors repeat across the instances of a series, and the
+        result depends only on the text, the known identifiers and the date shift."""
+        if not text.strip():
+            return text
+        if ctx.known_key is None:
+            k = ctx.known
+            ctx.known_key = (tuple(k.person_names), tuple(k.ids), tuple(k.dates), tuple(k.addresses),
+                             tuple(k.phones), tuple(k.institutions), tuple(sorted(k.replacements.items())))
+        key = (text, ctx.known_key, ctx.date_shift)
+        cached = self._text_cache.get(key)
+        if cached is None:
+            if len(self._text_cache) >= 20_000:
+                self._text_cache.clear()
+            cached = self._text_cache[key] = clean_text(text, ctx.known, ctx.date_shift)
+        return cached
 
     def _date(self, value: str, ctx: ScrubContext, fn) -> str:
         if not value:
