@@ -1,0 +1,1 @@
+"""Prefect blocks of medanon (register with ``prefect block register -m blocks.s3``)."""

@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
+from medanon.export import record_batch
 from medanon.keys import load_key
 from medanon.pipeline import BatchIncomplete, WorkerConfig, default_state_dir
 from medanon.profile import get_profile
@@ -25,6 +26,7 @@ from tasks.discover import discover, inspect
 from tasks.export import export, manifest
 from tasks.pair import pair
 from tasks.remap import remap
+from tasks.report import report
 from tasks.scrub import scrub
 
 
@@ -58,10 +60,19 @@ def _in_deployment() -> bool:
 
 
 def worker_config(req: RunRequest, state_dir: str, target: str) -> WorkerConfig:
+    """Resolve the key and the S3 blocks (locations, endpoint, region, credentials, byte budget).
+
+    Credentials go only into ``s3_options`` (hidden from reprs and masked in dumps), never into
+    parameters, names or logs. A byte budget given with the run wins over the target block's."""
+    from blocks.s3 import resolve_location, shared_options
+
     key = load_key(key_file=req.key_file, key_block=req.key_block, state_dir=state_dir)
-    return WorkerConfig(source=req.source, target=target, profile=get_profile(req.profile), key=key,
-                        layout=req.layout, allow_burned_in=req.allow_burned_in, byte_budget=req.byte_budget,
-                        s3_options=req.s3_options())
+    source, source_opts, _ = resolve_location(req.source, req.source_block, "source", req.s3_options())
+    target, target_opts, block_budget = resolve_location(target, req.target_block, "target", req.s3_options())
+    byte_budget = req.byte_budget if req.byte_budget is not None else block_budget
+    return WorkerConfig(source=source, target=target, profile=get_profile(req.profile), key=key,
+                        layout=req.layout, allow_burned_in=req.allow_burned_in, byte_budget=byte_budget, sync=req.sync,
+                        s3_options=shared_options((source, source_opts), (target, target_opts)))
 
 
 @contextlib.contextmanager
@@ -95,6 +106,9 @@ def anonymize(request: RunRequest) -> dict:
     try:
         target = req.target
         cfg = worker_config(req, state_dir, target)
+        # an S3 target block may give the location and the byte budget (the budget lives in req from here)
+        target = cfg.target
+        req = req.model_copy(update={"target": target, "byte_budget": cfg.byte_budget})
         progress = create_progress_artifact(0.0, key="medanon-progress", description=f"medanon {req.label}: starting")
 
         with task_runner(req) as runner:
@@ -107,11 +121,14 @@ def anonymize(request: RunRequest) -> dict:
                        lambda n, items: store.record_inspected(items), req.max_in_flight)
 
             # 2. pair reports with studies
-            paired = pair(store, cfg.source, run_id, req.label)
+            paired = pair(cfg, store, run_id, req.label)
+            logger.info("pair: %d reports found, paired by rule %s, held %s", paired["reports_found"],
+                        paired["paired"], paired["held"])
 
             # 3. remap: pseudonyms, crosswalk and output paths
             planned = remap(cfg, store, run_id, req.label, req.batch_size)
-            skipped_existing = store.count(cfg.source, "status='done' AND seen_run=? AND done_token=size||':'||token",
+            skipped_existing = store.count(cfg.source, "kind='dicom' AND status='done' AND seen_run=? "
+                                           "AND done_token=size||':'||token",
                                            (run_id,))
             total = store.count(cfg.source, "status='planned'")
             estimate = store.planned_bytes(cfg.source)
@@ -120,7 +137,8 @@ def anonymize(request: RunRequest) -> dict:
 
             # 4-5. scrub each batch on the workers, export (ledger) as each completes; a full
             # target pauses (deployment: suspend for operator input) or stops (CLI: exit 75)
-            totals = {"exported": 0, "skipped_identical": 0, "bytes_out": 0, "target_full": False}
+            totals = {"exported": 0, "skipped_identical": 0, "bytes_out": 0, "target_full": False,
+                      "reports_exported": 0}
             targets_used = []
             attempt = 0
             while True:
@@ -131,11 +149,13 @@ def anonymize(request: RunRequest) -> dict:
                 logger.info("target: %s bytes free for about %d bytes to write",
                             "unknown" if free is None else free, store.planned_bytes(cfg.source))
                 full = _scrub_stage(runner, cfg, store, req, totals, progress, total)
+                # 6. reports, beside their studies, once every DICOM batch is written
+                full = full or _report_stage(runner, cfg, store, req, totals)
                 manifest(store, tgt, req.label)  # space for it is held in reserve by the target
                 targets_used.append(target)
                 if not full:
                     break
-                remaining = store.count(cfg.source, "status='planned'")
+                remaining = store.count(cfg.source, "status IN ('planned','paired')")
                 if not _in_deployment():
                     summary = _summary(req, cfg, listed, store, run_id, paired, totals, skipped_existing, started,
                                        estimate)
@@ -223,6 +243,41 @@ def _scrub_stage(runner, cfg: WorkerConfig, store: StateStore, req: RunRequest, 
     return full["hit"]
 
 
+def _report_stage(runner, cfg: WorkerConfig, store: StateStore, req: RunRequest, totals: dict) -> bool:
+    """De-identify the paired reports and write them beside their studies; True when the target filled up."""
+    full = {"hit": False}
+    in_flight: dict[int, int] = {}
+
+    def batches():
+        for n, b in enumerate(store.iter_paired_reports(cfg.source, req.batch_size), start=1):
+            if full["hit"]:
+                return
+            left = None
+            if req.byte_budget is not None:
+                left = req.byte_budget - store.target_bytes(cfg.target) - sum(in_flight.values())
+                if left <= 0:
+                    full["hit"] = True
+                    return
+            in_flight[n] = sum(i[4] for i in b)
+            yield n, (b, left)
+
+    def submit(n, batch_and_budget):
+        items, left = batch_and_budget
+        batch_cfg = cfg if left is None else cfg.model_copy(update={"byte_budget": left})
+        return runner.submit(report, {"cfg": batch_cfg, "batch_no": n, "items": items})
+
+    def handle(n, result):
+        in_flight.pop(n, None)
+        record_batch(store, cfg.target, result)  # ledger: done (PHI-free manifest rows) or quarantined
+        totals["reports_exported"] += len(result["outputs"])
+        totals["bytes_out"] += result["bytes_out"]
+        if result["target_full"]:
+            full["hit"] = totals["target_full"] = True
+
+    _run_waves(batches(), submit, handle, req.max_in_flight)
+    return full["hit"]
+
+
 def _summary(req, cfg, listed, store, run_id, paired, totals, skipped_existing, started, estimate) -> dict:
     return {
         "label": req.label,
@@ -231,6 +286,8 @@ def _summary(req, cfg, listed, store, run_id, paired, totals, skipped_existing, 
         "discovered": listed["listed"],
         "dicom": store.count(cfg.source, "kind='dicom' AND seen_run=?", (run_id,)),
         "reports": paired["reports_found"],
+        "reports_paired": paired["paired"],
+        "reports_exported": totals["reports_exported"],
         "exported": totals["exported"],
         "skipped_existing": skipped_existing,
         "skipped_identical": totals["skipped_identical"],

@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--dask-address", help="run batch tasks on an existing Dask cluster (tcp://HOST:PORT)")
         sp.add_argument("--endpoint-url", help="S3-compatible endpoint URL for s3:// sources and targets")
         sp.add_argument("--region", help="S3 region")
+        sp.add_argument("--source-block", help="name of a 'medanon S3 source' Prefect block (endpoint, region, "
+                        "credentials) for an s3:// SOURCE")
+        sp.add_argument("--target-block", help="name of a 'medanon S3 target' Prefect block (endpoint, region, "
+                        "credentials, byte budget) for an s3:// TARGET")
         sp.add_argument("--json", action="store_true", help="print the run summary as one JSON object")
 
     run = sub.add_parser("run", help="de-identify SOURCE into TARGET")
@@ -99,8 +103,11 @@ def _print_summary(summary: dict, as_json: bool) -> None:
         print(json.dumps(summary, sort_keys=True))
         return
     print(f"medanon run '{summary['label']}' ({summary['profile']} profile, {summary['layout']} layout)")
-    for k in ("discovered", "dicom", "reports", "exported", "skipped_existing", "skipped_identical", "bytes_out"):
+    for k in ("discovered", "dicom", "reports", "exported", "reports_exported", "skipped_existing",
+              "skipped_identical", "bytes_out"):
         print(f"  {k:18} {summary.get(k, 0)}")
+    for rule, n in sorted((summary.get("reports_paired") or {}).items()):
+        print(f"    paired by {rule:17} {n}")
     q = summary.get("quarantined", {})
     print(f"  {'quarantined':18} {sum(q.values())}")
     for reason, n in sorted(q.items()):
@@ -119,6 +126,7 @@ def _request(args, source: str, target: str, state_dir: str):
             key_file=args.key_file, key_block=args.key_block, byte_budget=args.byte_budget, workers=args.workers,
             sync=args.sync,
             dask_address=args.dask_address, s3_endpoint_url=args.endpoint_url, s3_region=args.region,
+            source_block=args.source_block, target_block=args.target_block,
         )
     except ValidationError as exc:
         fields = ", ".join(str(e["loc"][0]) for e in exc.errors())

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, SecretBytes
+from pydantic import BaseModel, ConfigDict, Field, SecretBytes, field_serializer
 
 from . import __version__
 from . import fastpath
@@ -40,15 +40,26 @@ class WorkerConfig(BaseModel):
     allow_burned_in: bool = False
     byte_budget: int | None = None
     sync: bool = True  # flush each batch to disk before the ledger records it
-    s3_options: dict = {}
+    # endpoint, region and possibly credentials (from an S3 block): never in reprs, masked in dumps
+    s3_options: dict = Field(default_factory=dict, repr=False)
+
+    _S3_SECRET_OPTIONS: ClassVar[frozenset] = frozenset({"aws_access_key_id", "aws_secret_access_key",
+                                                         "session_token"})
+
+    @field_serializer("s3_options")
+    def _mask_s3_secrets(self, opts: dict) -> dict:
+        return {k: ("**********" if k in self._S3_SECRET_OPTIONS and v else v) for k, v in opts.items()}
 
     def pseudonymizer(self) -> Pseudonymizer:
         return Pseudonymizer(self.key.get_secret_value(), self.profile.uid_root, self.profile.date_shift_max_days)
 
     def code_identity(self) -> str:
         """Everything besides the batch content that changes the output (PHI-free)."""
-        return "|".join([__version__, self.profile.identity(), self.pseudonymizer().fingerprint(), self.layout,
-                         self.target, str(self.allow_burned_in)])
+        parts = [__version__, self.profile.identity(), self.pseudonymizer().fingerprint(), self.layout,
+                 self.target, str(self.allow_burned_in)]
+        if self.target.startswith("s3://"):  # the same bucket name on another endpoint is another target
+            parts.append(str(self.s3_options.get("endpoint_url") or ""))
+        return "|".join(parts)
 
 
 # ---------------------------------------------------------------------------- discover (inspect)

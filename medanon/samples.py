@@ -177,7 +177,9 @@ def build_sample_archive(root: str | os.PathLike, seed: int = 7, ct_series_size:
     if "BurnedInAnnotation" in us:
         del us.BurnedInAnnotation
     us.save_as(junk / "ultrasound_capture", enforce_file_format=True)
-    return {"root": str(root), "studies": studies, "dicom_files": len(written) + 1, "phi": PLANTED_PHI}
+    reports = add_sample_reports(root)
+    return {"root": str(root), "studies": studies, "dicom_files": len(written) + 1, "phi": PLANTED_PHI,
+            "reports": reports}
 
 
 def build_series_archive(root: str | os.PathLike, n: int, source: str = "CT_small.dcm", per_series: int = 50,
@@ -208,3 +210,99 @@ def build_series_archive(root: str | os.PathLike, n: int, source: str = "CT_smal
         ds.save_as(path, enforce_file_format=True)
         paths.append(str(path))
     return paths
+
+
+# ---------------------------------------------------------------------------- reports
+# Radiology reports in other folders than their studies: one per pairing rule, an HL7 message,
+# one unmatched and one ambiguous (see medanon/pairing.py). Planted identifiers are in PLANTED_PHI.
+
+_HL7_REPORT = (
+    "MSH|^~\\&|RIS|BRH|PACS|RESEARCH|20210514120000||ORU^R01|MSG20210514001|P|2.5.1\r"
+    "PID|1||MRN5598810^^^BRH^MR||FERNANDEZ^JOSE^LUIS||19720923|M|||221B Baker Street^^London^^NW1 6XE||"
+    "020 7946 0958\r"
+    "PV1|1|O|RAD^1^1^BRH||||1234^OKONKWO^CHINEDU^^^DR\r"
+    "ORC|RE|ORD7781|ACC90817264||CM\r"
+    "OBR|1|ORD7781|ACC90817264|MRI^MR HEAD^L|||20210514093000|||||||||1234^OKONKWO^CHINEDU||||||"
+    "20210514110000|||F|||||||2222&LINDQVIST&ASTRID\r"
+    "OBX|1|TX|FIND^Findings||Comparison with the prior study of 11 Feb 2021.~"
+    "No enhancing lesion. Ventricles normal in size.||||||F\r"
+    "OBX|2|TX|IMP^Impression||Stable examination. Discussed with Dr. Brennan.||||||F\r"
+)
+
+SAMPLE_REPORTS: dict[str, tuple[str, str, str]] = {
+    # relpath: (content, expected study UID or quarantine reason, pairing rule)
+    "reports/inbox/2021-01/rad_report_0001.txt": ("""RADIOLOGY REPORT
+St. Bartholomew Riverside Hospital, 500 Harbor Boulevard, Springfield IL 62704
+
+Patient: Agnieszka Kowalczyk        MRN: MRN4471203        DOB: 03/14/1958
+Accession No: ACC90817263
+Exam date: 01/10/2021
+Referring physician: Dr. Chinedu Okonkwo
+Patient address: 17 Rue des Lilas, 75011 Paris. Phone: 01 44 55 66 77
+
+EXAM: CT THORAX WITHOUT CONTRAST
+HISTORY: Persistent cough for six weeks. Her daughter, Wiesława Kowalczyk, reports weight loss.
+COMPARISON: None.
+FINDINGS: A 6 mm solid nodule is seen in the right upper lobe. No pleural effusion.
+Heart size is normal. No mediastinal lymphadenopathy.
+IMPRESSION: Solitary 6 mm right upper lobe nodule. Follow-up CT in 12 months is recommended.
+
+Dictated by: Astrid Lindqvist, MD on 01/11/2021
+""", "1.2.826.0.1.3680043.8.498.1000", "accession"),
+    "reports/scanned/1.2.826.0.1.3680043.8.498.1001.txt": ("""MRI BRAIN REPORT
+
+Name: Fernández, José Luis
+Date of birth: 23.09.1972
+Home: 221B Baker Street, London NW1 6XE, tel. 020 7946 0958
+Next of kin: wife Carmen Fernández-Olmedo
+Referring: Dr. Siobhan Brennan
+
+FINDINGS: No acute infarct. Mild periventricular white matter changes. Ventricles normal in size.
+IMPRESSION: No acute intracranial abnormality.
+
+Electronically signed by Astrid Lindqvist on 11.02.2021.
+""", "1.2.826.0.1.3680043.8.498.1001", "study-uid"),
+    "dictations/transcribed/dictation_yt.txt": ("""Radiology dictation
+Patient: Taro Yamada   MRN: MRN6630017   DOB: 1945-01-02
+Exam date: 2021-06-15
+Referring physician: Dr. Chinedu Okonkwo. Son Kenji Yamada present during the exam.
+Contact: 2-7-1 Nishi-Shinjuku, Tokyo 163-8001, phone 03-5321-1111.
+
+EXAM: CT chest, radiotherapy planning.
+FINDINGS: Right lower lobe mass measuring 3.2 cm, unchanged. No new lesion.
+IMPRESSION: Stable right lower lobe mass; planning contours reviewed.
+
+Dictated by Dr. Siobhan Brennan 2021-06-16.
+""", "1.2.826.0.1.3680043.8.498.1002", "patient-date"),
+    "hl7/inbound/msg_000123.hl7": (_HL7_REPORT, "1.2.826.0.1.3680043.8.498.1001", "accession"),
+    "reports/inbox/2021-02/rad_report_0002.txt": ("""RADIOLOGY REPORT
+Patient: Henrietta Blackwood   MRN: MRN9990001
+Accession No: ACC55500012
+Exam date: 02/02/2021
+FINDINGS: Normal chest radiograph.
+IMPRESSION: No acute cardiopulmonary process.
+""", "report-unmatched", ""),
+    "reports/inbox/2021-03/combined_0003.txt": ("""COMBINED REPORT
+Patient: Taro Yamada   MRN: MRN6630017
+Accession No: ACC90817265 (CT chest)
+Accession No: ACC90817266 (US abdomen)
+FINDINGS: See individual examinations. No new lesion.
+IMPRESSION: Stable disease.
+""", "report-ambiguous", ""),
+}
+
+REPORT_PHI = ["Wiesława", "Carmen", "Olmedo", "Kenji", "Henrietta", "Blackwood", "MRN9990001", "ACC55500012",
+              "03/14/1958", "23.09.1972", "1945-01-02", "01/10/2021", "01/11/2021", "11.02.2021", "2021-06-15",
+              "2021-06-16", "11 Feb 2021", "20210514", "MSG20210514001", "ORD7781", "75011 Paris", "NW1 6XE",
+              "163-8001", "Springfield IL"]
+PLANTED_PHI.extend(REPORT_PHI)
+
+
+def add_sample_reports(root: str | os.PathLike) -> dict[str, tuple[str, str]]:
+    """Write SAMPLE_REPORTS under root; returns relpath -> (expected study UID or reason, rule)."""
+    root = Path(root)
+    for rel, (text, _, _) in SAMPLE_REPORTS.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text.encode("utf-8"))
+    return {rel: (expect, rule) for rel, (_, expect, rule) in SAMPLE_REPORTS.items()}

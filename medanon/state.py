@@ -45,6 +45,19 @@ CREATE TABLE IF NOT EXISTS crosswalk (
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, started REAL, finished REAL, summary TEXT
 );
+CREATE INDEX IF NOT EXISTS files_accession ON files (source, accession);
+CREATE INDEX IF NOT EXISTS files_patient_date ON files (source, patient_id, study_date);
+-- reports paired with a study (files.kind='report'; status new -> paired -> done | quarantined)
+CREATE TABLE IF NOT EXISTS reports (
+    file_id INTEGER PRIMARY KEY,  -- files.id of the report
+    study_uid TEXT NOT NULL,      -- original Study Instance UID of the paired study
+    rule TEXT NOT NULL,           -- accession | study-uid | patient-date
+    dicom_id INTEGER,             -- files.id of the instance whose header gives the known identifiers
+    format TEXT,                  -- text | hl7
+    order_key TEXT,               -- keyed hash of the content: numbering order within the study
+    seq INTEGER                   -- 1, 2, ... within the study; kept once assigned
+);
+CREATE INDEX IF NOT EXISTS reports_study ON reports (study_uid);
 """
 
 
@@ -243,6 +256,86 @@ class StateStore:
             "ORDER BY out_relpath",
             (target,),
         )
+
+    # ------------------------------------------------------------------ reports
+    def reopen_unpaired_reports(self, source: str) -> None:
+        """Unmatched/ambiguous reports are paired again each run (their study may have arrived)."""
+        with self.tx() as db:
+            db.execute("UPDATE files SET status='new', reason='' WHERE source=? AND kind='report' "
+                       "AND status='quarantined' AND reason IN ('report-unmatched','report-ambiguous')", (source,))
+
+    def iter_new_reports(self, source: str, batch_size: int) -> Iterator[list[sqlite3.Row]]:
+        """Batches of report rows (id, relpath, size, token) waiting to be paired."""
+        last = 0
+        while True:
+            rows = self.db.execute(
+                "SELECT id, relpath, size, token FROM files WHERE source=? AND kind='report' AND status='new' "
+                "AND id>? ORDER BY id LIMIT ?", (source, last, batch_size)).fetchall()
+            if not rows:
+                return
+            last = rows[-1]["id"]
+            yield rows
+
+    def _studies(self, source: str, where: str, params: tuple) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for uid, acc in self.db.execute(
+                f"SELECT DISTINCT study_uid, accession FROM files WHERE source=? AND kind='dicom' AND {where}",
+                (source, *params)):
+            out.setdefault(uid, set()).add(acc or "")
+        return out
+
+    def studies_by(self, source: str, column: str, values) -> dict[str, set[str]]:
+        """Studies (original UID -> accession numbers) whose instances have column IN values."""
+        assert column in ("accession", "study_uid")
+        values = sorted({v for v in values if v})
+        if not values:
+            return {}
+        return self._studies(source, f"{column} IN ({','.join('?' * len(values))})", tuple(values))
+
+    def studies_by_patient_date(self, source: str, patient_ids, dates) -> dict[str, set[str]]:
+        ids, days = sorted({v for v in patient_ids if v}), sorted({v for v in dates if v})
+        if not ids or not days:
+            return {}
+        return self._studies(source, f"patient_id IN ({','.join('?' * len(ids))}) "
+                                     f"AND study_date IN ({','.join('?' * len(days))})", (*ids, *days))
+
+    def study_anchor(self, source: str, study_uid: str) -> sqlite3.Row | None:
+        """One instance of a study (exported ones first): its header gives the report's known identifiers."""
+        return self.db.execute(
+            "SELECT id, relpath, patient_key FROM files WHERE source=? AND kind='dicom' AND study_uid=? ORDER BY "
+            "CASE status WHEN 'done' THEN 0 WHEN 'planned' THEN 1 WHEN 'new' THEN 2 ELSE 3 END, id LIMIT 1",
+            (source, study_uid)).fetchone()
+
+    def report_pairing(self, file_id: int) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM reports WHERE file_id=?", (file_id,)).fetchone()
+
+    def report_seqs(self, study_uid: str) -> set[int]:
+        """Numbers already given to reports of a study (their names stay stable across runs)."""
+        return {r[0] for r in self.db.execute("SELECT seq FROM reports WHERE study_uid=? AND seq IS NOT NULL",
+                                              (study_uid,))}
+
+    def record_pairings(self, pairings: list[dict]) -> None:
+        """pairings: file_id, study_uid, rule, dicom_id, format, order_key, seq, patient_key, out_relpath."""
+        with self.tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO reports (file_id, study_uid, rule, dicom_id, format, order_key, seq) "
+                "VALUES (:file_id, :study_uid, :rule, :dicom_id, :format, :order_key, :seq)", pairings)
+            db.executemany(
+                "UPDATE files SET status='paired', reason='', study_uid=:study_uid, patient_key=:patient_key, "
+                "out_relpath=:out_relpath WHERE id=:file_id", pairings)
+
+    def iter_paired_reports(self, source: str, batch_size: int) -> Iterator[list[tuple]]:
+        """Batches of (id, relpath, out_relpath, anchor instance relpath, size) to scrub and export."""
+        last = 0
+        while True:
+            rows = self.db.execute(
+                "SELECT f.id, f.relpath, f.out_relpath, d.relpath, f.size FROM files f JOIN reports r "
+                "ON r.file_id=f.id JOIN files d ON d.id=r.dicom_id WHERE f.source=? AND f.kind='report' "
+                "AND f.status='paired' AND f.id>? ORDER BY f.id LIMIT ?", (source, last, batch_size)).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield [tuple(r) for r in rows]
 
     def pseudonym(self, kind: str, original: str) -> str | None:
         row = self.db.execute("SELECT pseudonym FROM crosswalk WHERE kind=? AND original=?", (kind, original)).fetchone()

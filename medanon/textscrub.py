@@ -91,11 +91,11 @@ class Span(NamedTuple):
     kind: str
 
 
-KINDS = ("NAME", "ID", "DATE", "PHONE", "EMAIL", "ADDRESS", "POSTAL", "URL", "INSTITUTION",
+KINDS = ("NAME", "ID", "DATE", "DOB", "PHONE", "EMAIL", "ADDRESS", "POSTAL", "URL", "INSTITUTION",
          "AGE_OVER_89", "UID", "IP")
 
 # Higher wins when two candidate spans have the same length.
-_PRIO = {"EMAIL": 95, "URL": 90, "IP": 88, "UID": 85, "KID": 80, "DATE": 70, "PHONE": 65, "KNAME": 60,
+_PRIO = {"EMAIL": 95, "URL": 90, "IP": 88, "UID": 85, "KID": 80, "DOB": 75, "DATE": 70, "PHONE": 65, "KNAME": 60,
          "ADDRESS": 55, "POSTAL": 50, "ID": 45, "INSTITUTION": 40, "NAME": 35, "AGE_OVER_89": 30}
 _OUT_KIND = {"KID": "ID", "KNAME": "NAME"}
 
@@ -651,13 +651,16 @@ _FR_STREET_RE = re.compile(
 _EU_ZIP_CITY_RE = re.compile(
     r"(?<![\w.-])(?:(?:D|F|A|CH|B|L|NL)-\d{4,5}|\d{5})[ \t]+(?=[A-ZÄÖÜ])(?P<city>[A-ZÄÖÜ][a-zäöüßé]+)(?![\w])")
 
+_DOB_CUE_RE = re.compile(r"(?:\bDOB|\bD\.O\.B\.?|date\s+of\s+birth|\bborn(?:\s+on)?|\bbirth\s*date|"
+                         r"\bgeb\.?|geboren(?:\s+am)?|n[ée]e?\s+le)\s*[:#]?\s*$", re.I)
+
 _INST_SUFFIX = (r"(?:Hospital|Hospitals|Medical\s+Center|Medical\s+Centre|Health\s+Center|Health\s+System|"
                 r"Healthcare|Health\s+Care|Clinic|Clinics|Infirmary|Imaging\s+Center|Imaging\s+Centre|"
                 r"Radiology\s+Associates|Radiology\s+Group|Cancer\s+Center|Cancer\s+Institute|Medical\s+Group|"
                 r"Klinikum|Krankenhaus|Klinik|Universitätsklinikum|Sanatorium|Hospice|Nursing\s+Home|"
                 r"Rehabilitation\s+Center|Surgery\s+Center|Medical\s+Associates|Health)")
 _INST_RE = re.compile(
-    rf"(?<![\w])(?:(?:St\.|Saint|Mount|Mt\.)\s+)?(?:[A-Z][\w'\u2019&.-]*\s+){{1,5}}(?:of\s+[A-Z]\w+\s+)?"
+    rf"(?<![\w])(?:(?:St\.|Saint|Mount|Mt\.)[ \t]+)?(?:[A-Z][\w'\u2019&.-]*[ \t]+){{1,5}}(?:of[ \t]+[A-Z]\w+[ \t]+)?"
     rf"{_INST_SUFFIX}(?![\w])(?:[ \t]+(?:of|at)[ \t]+[A-Z][\w'-]*(?:[ \t]+[A-Z][\w'-]*){{0,3}})?")
 _INST_OF_RE = re.compile(
     r"(?<![\w])(?:Hospital|University|Clinic|Hôpital|Hopital|Centre\s+Hospitalier|Universit[yä]t\w*|"
@@ -926,7 +929,7 @@ def _known_dates(ctx: _Ctx, known: KnownIdentifiers):
         for fmt in _KNOWN_DATE_FORMATS:
             lit = fmt.format(**vals)
             for m in re.finditer(rf"(?<![\w.]){re.escape(lit)}(?![\w]|\.\d)", ctx.text):
-                ctx.add(m.start(), m.end(), "DATE")
+                ctx.add(m.start(), m.end(), "DOB")  # a birth date is removed, never shifted
 
 
 _SUFFIX_EQUIV = {
@@ -1153,7 +1156,9 @@ def _detect_patterns(ctx: _Ctx):
         if len(m.group()) >= 10 and m.group().count(".") >= 4:
             ctx.add(m.start(), m.end(), "UID")
     for s, e, *_ in _iter_dates(text):
-        ctx.add(s, e, "DATE")
+        # a date after a birth cue is a birth date: removed, never shifted (shifted birth and exam
+        # dates together would still give the exact age)
+        ctx.add(s, e, "DOB" if _DOB_CUE_RE.search(text[max(0, s - 24):s]) else "DATE")
     for pat in _PHONE_RES:
         for m in pat.finditer(text):
             digits = sum(c.isdigit() for c in m.group())

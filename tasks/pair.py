@@ -1,14 +1,16 @@
-"""pair: link reports to studies (reports stage); DICOM instances pass through."""
+"""pair: link each new report to one study (flow side: reads reports, writes the state store)."""
 
 from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from medanon.pairing import pair_pending
+from medanon.pipeline import WorkerConfig
 from medanon.state import StateStore
 
 
 @task(name="pair", task_run_name="pair-{label}", cache_policy=NO_CACHE, persist_result=False)
-def pair(store: StateStore, source: str, run_id: str, label: str) -> dict:
-    reports = store.count(source, "kind='report' AND seen_run=?", (run_id,))
-    return {"reports_found": reports}
+def pair(cfg: WorkerConfig, store: StateStore, run_id: str, label: str) -> dict:
+    """Returns PHI-free counts: reports_found, paired (by rule), held (by reason)."""
+    return pair_pending(cfg, store, run_id)

@@ -131,11 +131,13 @@ def test_end_to_end_no_phi_pixels_hierarchy_references(archive, tmp_path, cli_en
             refs += 1
     assert refs > 0
 
-    # 4. the PHI-free manifest lists exactly the exported files
+    # 4. the PHI-free manifest lists exactly the exported files (instances, then reports beside their studies)
     manifest = (out / "manifest.csv").read_text().splitlines()
-    assert len(manifest) == len(outputs) + 1
+    reports = {p.relative_to(out).as_posix() for p in out.rglob("*_report*")}
+    assert len(reports) == summary["reports_exported"] == 4
+    assert len(manifest) == len(outputs) + len(reports) + 1
     assert {line.split(",")[0] for line in manifest[1:]} == {
-        p.relative_to(out).as_posix() for p, _ in outputs.values()}
+        p.relative_to(out).as_posix() for p, _ in outputs.values()} | reports
 
 
 def test_same_key_same_pseudonyms_other_key_unrelated(archive, tmp_path, cli_env):

@@ -162,7 +162,7 @@ def test_date_shift_keeps_style():
 def test_birth_date_any_format_and_placeholder_without_shift():
     text = "DOB: 03/12/1965 (12.03.1965, March 12, 1965, 19650312, 12-MAR-65)"
     out = clean_text(text, _known())
-    assert out.count("[DATE]") == 5 and "1965" not in out and "MAR-65" not in out
+    assert out.count("[DATE]") + out.count("[DOB]") == 5 and "1965" not in out and "MAR-65" not in out
 
 
 def test_shift_da():
@@ -187,7 +187,7 @@ def test_empty_and_unicode_never_raise():
     k = KnownIdentifiers(person_names=["YAMADA^TARO=山田^太郎", "Müller^Jürgen"], ids=["1"], dates=["bad"])
     assert clean_text("", k) == ""
     assert clean_text("患者 山田太郎 様の胸部CT。", k) == "患者 [NAME] 様の胸部CT。"
-    assert clean_text("Herr Jürgen Müller, geb. 01.02.1950", k) == "Herr [NAME], geb. [DATE]"
+    assert clean_text("Herr Jürgen Müller, geb. 01.02.1950", k) == "Herr [NAME], geb. [DOB]"
     rng = random.Random(7)
     alphabet = "aZ09 .,:;-/()@#^\n'éß山\u200b\ufeff\x00+&|~\\"
     for _ in range(500):
