@@ -59,7 +59,7 @@ def _in_deployment() -> bool:
         return False
 
 
-def worker_config(req: RunRequest, state_dir: str, target: str) -> WorkerConfig:
+def worker_config(req: RunRequest, state_dir: str, target: str, cache_scope: str = "") -> WorkerConfig:
     """Resolve the key and the S3 blocks (locations, endpoint, region, credentials, byte budget).
 
     Credentials go only into ``s3_options`` (hidden from reprs and masked in dumps), never into
@@ -72,7 +72,8 @@ def worker_config(req: RunRequest, state_dir: str, target: str) -> WorkerConfig:
     byte_budget = req.byte_budget if req.byte_budget is not None else block_budget
     return WorkerConfig(source=source, target=target, profile=get_profile(req.profile), key=key,
                         layout=req.layout, allow_burned_in=req.allow_burned_in, byte_budget=byte_budget, sync=req.sync,
-                        s3_options=shared_options((source, source_opts), (target, target_opts)))
+                        s3_options=shared_options((source, source_opts), (target, target_opts)),
+                        cache_scope=cache_scope)
 
 
 @contextlib.contextmanager
@@ -105,7 +106,7 @@ def anonymize(request: RunRequest) -> dict:
     store = StateStore(state_dir)
     try:
         target = req.target
-        cfg = worker_config(req, state_dir, target)
+        cfg = worker_config(req, state_dir, target, store.instance_id())
         # an S3 target block may give the location and the byte budget (the budget lives in req from here)
         target = cfg.target
         req = req.model_copy(update={"target": target, "byte_budget": cfg.byte_budget})
@@ -169,7 +170,7 @@ def anonymize(request: RunRequest) -> dict:
                 if choice.new_target:
                     target = choice.new_target
                     req = req.model_copy(update={"target": target})
-                cfg = worker_config(req, state_dir, target)
+                cfg = worker_config(req, state_dir, target, store.instance_id())
             update_progress_artifact(progress, 100.0, description=f"medanon {req.label}: finished")
 
         summary = _summary(req, cfg, listed, store, run_id, paired, totals, skipped_existing, started, estimate)

@@ -40,6 +40,9 @@ class WorkerConfig(BaseModel):
     allow_burned_in: bool = False
     byte_budget: int | None = None
     sync: bool = True  # flush each batch to disk before the ledger records it
+    # the state store's identity: a cached batch result only stands in for a write recorded by
+    # the same state store (a fresh state dir never trusts another run's cache)
+    cache_scope: str = ""
     # endpoint, region and possibly credentials (from an S3 block): never in reprs, masked in dumps
     s3_options: dict = Field(default_factory=dict, repr=False)
 
@@ -56,7 +59,7 @@ class WorkerConfig(BaseModel):
     def code_identity(self) -> str:
         """Everything besides the batch content that changes the output (PHI-free)."""
         parts = [__version__, self.profile.identity(), self.pseudonymizer().fingerprint(), self.layout,
-                 self.target, str(self.allow_burned_in)]
+                 self.target, str(self.allow_burned_in), self.cache_scope]
         if self.target.startswith("s3://"):  # the same bucket name on another endpoint is another target
             parts.append(str(self.s3_options.get("endpoint_url") or ""))
         return "|".join(parts)

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS crosswalk (
     kind TEXT NOT NULL, original TEXT NOT NULL, pseudonym TEXT NOT NULL,
     first_run TEXT, PRIMARY KEY (kind, original)
 );
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, started REAL, finished REAL, summary TEXT
 );
@@ -88,6 +89,13 @@ class StateStore:
             os.umask(old_umask)
         self.db.row_factory = sqlite3.Row
 
+    def instance_id(self) -> str:
+        """A random identity of this state store, made once (PHI-free)."""
+        import uuid
+
+        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('instance_id', ?)", (str(uuid.uuid4()),))
+        return self.db.execute("SELECT value FROM meta WHERE key='instance_id'").fetchone()[0]
+
     def close(self) -> None:
         self.db.close()
 
@@ -131,7 +139,9 @@ class StateStore:
                         )
                         counts["changed"] += 1
                     else:
-                        db.execute("UPDATE files SET seen_run=? WHERE id=?", (run_id, row["id"]))
+                        # a file that could not be read last time is looked at again
+                        db.execute("UPDATE files SET seen_run=?, kind=CASE WHEN kind='quarantine' AND "
+                                   "reason='read-error' THEN NULL ELSE kind END WHERE id=?", (run_id, row["id"]))
                         counts["unchanged"] += 1
             chunk.clear()
 

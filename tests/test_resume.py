@@ -164,3 +164,17 @@ def test_incremental_run_processes_only_new_instances(tmp_path, cli_env):
     # a run with nothing new does nothing
     third = run_json(["run", str(src), str(out), "--state-dir", state], cli_env)
     assert third["exported"] == 0 and third["skipped_existing"] == 55
+
+
+def test_fresh_state_dir_never_trusts_an_old_cached_batch(tmp_path, cli_env):
+    """Prefect's result cache must not stand in for writes another state store recorded."""
+    src = tmp_path / "src"
+    build_series_archive(src, 12, per_series=6)
+    out = tmp_path / "out"
+    first = run_json(["run", str(src), str(out), "--state-dir", str(tmp_path / "s1"), "--batch-size", "4"], cli_env)
+    assert first["exported"] == 12
+    shutil.rmtree(out)
+    # same Prefect home (same result cache), new state dir: everything is written again
+    again = run_json(["run", str(src), str(out), "--state-dir", str(tmp_path / "s2"), "--batch-size", "4"], cli_env)
+    assert again["exported"] == 12
+    assert len(list(out.rglob("*.dcm"))) == 12
