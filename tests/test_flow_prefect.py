@@ -55,3 +55,25 @@ def test_flow_run_names_artifacts_and_no_phi(harness, tmp_path, monkeypatch):
     for phi in PLANTED_PHI:
         assert phi not in stored and phi.upper() not in stored
     assert str(src) not in json.dumps([t.model_dump(mode="json") for t in tasks])
+
+
+def test_key_from_a_prefect_secret_block_gives_the_same_pseudonyms(harness, tmp_path, monkeypatch):
+    from prefect.blocks.system import Secret
+
+    from flows.anonymize import anonymize
+    from medanon.request import RunRequest
+    from medanon.samples import build_series_archive
+
+    src = tmp_path / "src"
+    build_series_archive(src, 6, per_series=3)
+    Secret(value="block-held-key-42").save("medanon-test-key", overwrite=True)
+    monkeypatch.delenv("MEDANON_KEY", raising=False)
+    anonymize(RunRequest(source=str(src), target=str(tmp_path / "a"), state_dir=str(tmp_path / "sa"),
+                         key_block="medanon-test-key", label="block-key"))
+    monkeypatch.setenv("MEDANON_KEY", "block-held-key-42")
+    anonymize(RunRequest(source=str(src), target=str(tmp_path / "b"), state_dir=str(tmp_path / "sb"),
+                         label="env-key"))
+    names_a = sorted(p.relative_to(tmp_path / "a").as_posix() for p in (tmp_path / "a").rglob("*.dcm"))
+    names_b = sorted(p.relative_to(tmp_path / "b").as_posix() for p in (tmp_path / "b").rglob("*.dcm"))
+    assert len(names_a) == 6 and names_a == names_b
+    assert not (tmp_path / "sa" / "secret.key").exists()  # no key was generated: the block's was used
