@@ -198,59 +198,17 @@ def _ask_operator(req: RunRequest, attempt: int, remaining: int) -> TargetChoice
     return suspend_flow_run(wait_for_input=TargetChoice, key=f"target-full-{attempt}", timeout=None)
 
 
-def _scrub_stage(runner, cfg: WorkerConfig, store: StateStore, req: RunRequest, totals: dict, progress,
-                 total: int) -> bool:
-    """Scrub and write every planned batch; True when the target filled up.
+def _budgeted_stage(runner, task, cfg: WorkerConfig, store: StateStore, req: RunRequest, batches, size_at: int,
+                    on_result) -> bool:
+    """Run numbered batches of a worker task against the target; True when the target filled up.
 
-    With a byte budget, each batch is given what is left of it after the bytes the
-    ledger says this target already holds and the estimated size of batches in flight."""
-    done = {"n": 0}
+    With a byte budget, each batch is given what is left of it after the bytes the ledger says
+    this target already holds and the estimated size (``item[size_at]``) of batches in flight."""
     full = {"hit": False}
     in_flight: dict[int, int] = {}
 
-    def allowance(batch) -> int | None:
-        if req.byte_budget is None:
-            return None
-        return req.byte_budget - store.target_bytes(cfg.target) - sum(in_flight.values())
-
-    def batches():
-        for n, b in enumerate(store.iter_planned(cfg.source, req.batch_size), start=1):
-            if full["hit"]:
-                return
-            left = allowance(b)
-            if left is not None and left <= 0:
-                full["hit"] = True
-                return
-            in_flight[n] = sum(i[3] for i in b)
-            yield n, (b, left)
-
-    def submit(n, batch_and_budget):
-        items, left = batch_and_budget
-        batch_cfg = cfg if left is None else cfg.model_copy(update={"byte_budget": left})
-        return runner.submit(scrub, {"cfg": batch_cfg, "batch_no": n, "items": items})
-
-    def handle(n, result):
-        in_flight.pop(n, None)
-        rec = export(store, cfg.target, n, result)
-        for k in ("exported", "skipped_identical", "bytes_out"):
-            totals[k] += rec[k]
-        if result["target_full"]:
-            full["hit"] = totals["target_full"] = True
-        done["n"] += len(result["outputs"]) + len(result["quarantined"])
-        update_progress_artifact(progress, min(100.0, 100.0 * done["n"] / max(total, 1)),
-                                 description=f"medanon {req.label}: batch {n} done, {done['n']}/{total} instances")
-
-    _run_waves(batches(), submit, handle, req.max_in_flight)
-    return full["hit"]
-
-
-def _report_stage(runner, cfg: WorkerConfig, store: StateStore, req: RunRequest, totals: dict) -> bool:
-    """De-identify the paired reports and write them beside their studies; True when the target filled up."""
-    full = {"hit": False}
-    in_flight: dict[int, int] = {}
-
-    def batches():
-        for n, b in enumerate(store.iter_paired_reports(cfg.source, req.batch_size), start=1):
+    def budgeted():
+        for n, b in enumerate(batches, start=1):
             if full["hit"]:
                 return
             left = None
@@ -259,24 +217,52 @@ def _report_stage(runner, cfg: WorkerConfig, store: StateStore, req: RunRequest,
                 if left <= 0:
                     full["hit"] = True
                     return
-            in_flight[n] = sum(i[4] for i in b)
+            in_flight[n] = sum(i[size_at] for i in b)
             yield n, (b, left)
 
     def submit(n, batch_and_budget):
         items, left = batch_and_budget
         batch_cfg = cfg if left is None else cfg.model_copy(update={"byte_budget": left})
-        return runner.submit(report, {"cfg": batch_cfg, "batch_no": n, "items": items})
+        return runner.submit(task, {"cfg": batch_cfg, "batch_no": n, "items": items})
 
     def handle(n, result):
         in_flight.pop(n, None)
+        on_result(n, result)
+        full["hit"] |= result["target_full"]
+
+    _run_waves(budgeted(), submit, handle, req.max_in_flight)
+    return full["hit"]
+
+
+def _scrub_stage(runner, cfg: WorkerConfig, store: StateStore, req: RunRequest, totals: dict, progress,
+                 total: int) -> bool:
+    """Scrub and write every planned batch; True when the target filled up."""
+    done = {"n": 0}
+
+    def on_result(n, result):
+        rec = export(store, cfg.target, n, result)
+        for k in ("exported", "skipped_identical", "bytes_out"):
+            totals[k] += rec[k]
+        totals["target_full"] |= result["target_full"]
+        done["n"] += len(result["outputs"]) + len(result["quarantined"])
+        update_progress_artifact(progress, min(100.0, 100.0 * done["n"] / max(total, 1)),
+                                 description=f"medanon {req.label}: batch {n} done, {done['n']}/{total} instances")
+
+    return _budgeted_stage(runner, scrub, cfg, store, req, store.iter_planned(cfg.source, req.batch_size), 3,
+                           on_result)
+
+
+def _report_stage(runner, cfg: WorkerConfig, store: StateStore, req: RunRequest, totals: dict) -> bool:
+    """De-identify the paired reports and write them beside their studies; True when the target filled up."""
+
+    def on_result(n, result):
         record_batch(store, cfg.target, result)  # ledger: done (PHI-free manifest rows) or quarantined
         totals["reports_exported"] += len(result["outputs"])
         totals["bytes_out"] += result["bytes_out"]
-        if result["target_full"]:
-            full["hit"] = totals["target_full"] = True
+        totals["target_full"] |= result["target_full"]
 
-    _run_waves(batches(), submit, handle, req.max_in_flight)
-    return full["hit"]
+    return _budgeted_stage(runner, report, cfg, store, req, store.iter_paired_reports(cfg.source, req.batch_size),
+                           4, on_result)
 
 
 def _summary(req, cfg, listed, store, run_id, paired, totals, skipped_existing, started, estimate) -> dict:

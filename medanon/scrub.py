@@ -29,7 +29,6 @@ from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.tag import Tag
 
 from . import __version__
 from .keys import Pseudonymizer, shift_date, shift_datetime

@@ -154,19 +154,21 @@ class StateStore:
             flush()
         return counts
 
-    def iter_uninspected(self, source: str, batch_size: int) -> Iterator[list[tuple]]:
-        """Batches of (id, relpath, size, token) not yet inspected, streamed by id."""
+    def _paged(self, sql: str, params: tuple, batch_size: int, as_tuples: bool = True) -> Iterator[list]:
+        """Stream a query's rows in batches ordered by file id (the query's first column),
+        ``sql`` ending with ``AND <files alias>.id>? ORDER BY ... LIMIT ?``: memory stays bounded."""
         last = 0
         while True:
-            rows = self.db.execute(
-                "SELECT id, relpath, size, token FROM files WHERE source=? AND kind IS NULL AND id>? "
-                "ORDER BY id LIMIT ?",
-                (source, last, batch_size),
-            ).fetchall()
+            rows = self.db.execute(sql, (*params, last, batch_size)).fetchall()
             if not rows:
                 return
-            last = rows[-1]["id"]
-            yield [tuple(r) for r in rows]
+            last = rows[-1][0]
+            yield [tuple(r) for r in rows] if as_tuples else rows
+
+    def iter_uninspected(self, source: str, batch_size: int) -> Iterator[list[tuple]]:
+        """Batches of (id, relpath, size, token) not yet inspected, streamed by id."""
+        return self._paged("SELECT id, relpath, size, token FROM files WHERE source=? AND kind IS NULL AND id>? "
+                           "ORDER BY id LIMIT ?", (source,), batch_size)
 
     def record_inspected(self, items: list) -> None:
         """items: (file_id, Inspected)."""
@@ -188,16 +190,8 @@ class StateStore:
 
     # ------------------------------------------------------------------ remap
     def iter_unplanned_dicom(self, source: str, batch_size: int) -> Iterator[list[sqlite3.Row]]:
-        last = 0
-        while True:
-            rows = self.db.execute(
-                "SELECT * FROM files WHERE source=? AND kind='dicom' AND status='new' AND id>? ORDER BY id LIMIT ?",
-                (source, last, batch_size),
-            ).fetchall()
-            if not rows:
-                return
-            last = rows[-1]["id"]
-            yield rows
+        return self._paged("SELECT * FROM files WHERE source=? AND kind='dicom' AND status='new' AND id>? "
+                           "ORDER BY id LIMIT ?", (source,), batch_size, as_tuples=False)
 
     def plan(self, plans: list[tuple[int, str]], crosswalk: list[tuple[str, str, str]], run_id: str) -> None:
         with self.tx() as db:
@@ -218,17 +212,8 @@ class StateStore:
     # ------------------------------------------------------------------ scrub / export
     def iter_planned(self, source: str, batch_size: int) -> Iterator[list[tuple]]:
         """Batches of (id, relpath, out_relpath, size, token) to scrub and export."""
-        last = 0
-        while True:
-            rows = self.db.execute(
-                "SELECT id, relpath, out_relpath, size, token FROM files WHERE source=? AND status='planned' AND id>? "
-                "ORDER BY id LIMIT ?",
-                (source, last, batch_size),
-            ).fetchall()
-            if not rows:
-                return
-            last = rows[-1]["id"]
-            yield [tuple(r) for r in rows]
+        return self._paged("SELECT id, relpath, out_relpath, size, token FROM files WHERE source=? "
+                           "AND status='planned' AND id>? ORDER BY id LIMIT ?", (source,), batch_size)
 
     def target_bytes(self, target: str) -> int:
         """Bytes the ledger says a target already holds."""
@@ -276,15 +261,8 @@ class StateStore:
 
     def iter_new_reports(self, source: str, batch_size: int) -> Iterator[list[sqlite3.Row]]:
         """Batches of report rows (id, relpath, size, token) waiting to be paired."""
-        last = 0
-        while True:
-            rows = self.db.execute(
-                "SELECT id, relpath, size, token FROM files WHERE source=? AND kind='report' AND status='new' "
-                "AND id>? ORDER BY id LIMIT ?", (source, last, batch_size)).fetchall()
-            if not rows:
-                return
-            last = rows[-1]["id"]
-            yield rows
+        return self._paged("SELECT id, relpath, size, token FROM files WHERE source=? AND kind='report' "
+                           "AND status='new' AND id>? ORDER BY id LIMIT ?", (source,), batch_size, as_tuples=False)
 
     def _studies(self, source: str, where: str, params: tuple) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
@@ -336,16 +314,10 @@ class StateStore:
 
     def iter_paired_reports(self, source: str, batch_size: int) -> Iterator[list[tuple]]:
         """Batches of (id, relpath, out_relpath, anchor instance relpath, size) to scrub and export."""
-        last = 0
-        while True:
-            rows = self.db.execute(
-                "SELECT f.id, f.relpath, f.out_relpath, d.relpath, f.size FROM files f JOIN reports r "
-                "ON r.file_id=f.id JOIN files d ON d.id=r.dicom_id WHERE f.source=? AND f.kind='report' "
-                "AND f.status='paired' AND f.id>? ORDER BY f.id LIMIT ?", (source, last, batch_size)).fetchall()
-            if not rows:
-                return
-            last = rows[-1][0]
-            yield [tuple(r) for r in rows]
+        return self._paged(
+            "SELECT f.id, f.relpath, f.out_relpath, d.relpath, f.size FROM files f JOIN reports r "
+            "ON r.file_id=f.id JOIN files d ON d.id=r.dicom_id WHERE f.source=? AND f.kind='report' "
+            "AND f.status='paired' AND f.id>? ORDER BY f.id LIMIT ?", (source,), batch_size)
 
     def pseudonym(self, kind: str, original: str) -> str | None:
         row = self.db.execute("SELECT pseudonym FROM crosswalk WHERE kind=? AND original=?", (kind, original)).fetchone()

@@ -556,15 +556,11 @@ def shift_da(value: str, days: int) -> str:
         except ValueError:
             return ""
         return d.strftime("%Y.%m.%d") + v[10:]
-    if len(v) >= 8 and v[:8].isdigit():
-        try:
-            d = date(int(v[:4]), int(v[4:6]), int(v[6:8])) + timedelta(days=days)
-        except ValueError:
-            return ""
-        return d.strftime("%Y%m%d") + v[8:]
     if len(v) == 4 and v.isdigit():
         return v
-    return ""
+    from .keys import shift_date  # the same arithmetic as the DICOM dates
+
+    return shift_date(v, days)
 
 
 # --------------------------------------------------------------------------- regex detectors

@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pydicom
 import pytest
+
+from medanon.samples import PLANTED_PHI
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -41,3 +44,36 @@ def run_cli(args: list[str], env: dict, check: bool = True, timeout: int = 600) 
 def run_json(args: list[str], env: dict) -> dict:
     proc = run_cli([*args, "--json"], env)
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def source_instances(root: Path) -> dict[str, pydicom.Dataset]:
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            if "cut_" in f:  # the deliberately truncated copy shares its SOP Instance UID
+                continue
+            try:
+                ds = pydicom.dcmread(p, force=True)
+            except Exception:  # noqa: BLE001
+                continue
+            if "SOPInstanceUID" in ds:
+                out[p] = ds
+    return out
+
+
+def phi_needles(sources: dict) -> list[bytes]:
+    strings = set(PLANTED_PHI)
+    for ds in sources.values():
+        strings |= {str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)}
+        if "FrameOfReferenceUID" in ds:
+            strings.add(str(ds.FrameOfReferenceUID))
+    out = set()
+    for s in strings:
+        for enc in ("utf-8", "latin-1"):
+            try:
+                out.add(s.encode(enc))
+                out.add(s.upper().encode(enc))
+            except UnicodeEncodeError:
+                pass
+    return sorted(out)

@@ -10,24 +10,8 @@ import pydicom
 import pytest
 
 from medanon.keys import Pseudonymizer
-from medanon.samples import PLANTED_PHI, build_sample_archive
-from conftest import TEST_KEY, run_cli, run_json
-
-
-def _source_instances(root: Path) -> dict[str, pydicom.Dataset]:
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            p = os.path.join(dirpath, f)
-            if "cut_" in f:  # the deliberately truncated copy shares its SOP Instance UID
-                continue
-            try:
-                ds = pydicom.dcmread(p, force=True)
-            except Exception:  # noqa: BLE001
-                continue
-            if "SOPInstanceUID" in ds:
-                out[p] = ds
-    return out
+from medanon.samples import build_sample_archive
+from conftest import TEST_KEY, phi_needles, run_cli, run_json, source_instances
 
 
 def _tree_bytes_contain(root: Path, needles: list[bytes]) -> dict[bytes, list[str]]:
@@ -40,23 +24,6 @@ def _tree_bytes_contain(root: Path, needles: list[bytes]) -> dict[bytes, list[st
                 if n in data or n in p.encode():
                     hits.setdefault(n, []).append(p)
     return hits
-
-
-def _needles(sources: dict) -> list[bytes]:
-    strings = set(PLANTED_PHI)
-    for ds in sources.values():
-        strings |= {str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)}
-        if "FrameOfReferenceUID" in ds:
-            strings.add(str(ds.FrameOfReferenceUID))
-    out = set()
-    for s in strings:
-        for enc in ("utf-8", "latin-1"):
-            try:
-                out.add(s.encode(enc))
-                out.add(s.upper().encode(enc))
-            except UnicodeEncodeError:
-                pass
-    return sorted(out)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +45,7 @@ def test_end_to_end_no_phi_pixels_hierarchy_references(archive, tmp_path, cli_en
     assert q.get("dicomdir") == 1 and q.get("burned-in-annotation", 0) >= 1
     assert summary["exported"] >= 15 and summary["bytes_out"] > 0
 
-    sources = _source_instances(src)
+    sources = source_instances(src)
     pseudo = Pseudonymizer(TEST_KEY.encode())
     outputs = {}
     for dirpath, _, files in os.walk(out):
@@ -89,7 +56,7 @@ def test_end_to_end_no_phi_pixels_hierarchy_references(archive, tmp_path, cli_en
     assert len(outputs) == summary["exported"]
 
     # 1. no planted PHI string or original UID anywhere in output bytes or paths, nor in Prefect's home
-    needles = _needles(sources)
+    needles = phi_needles(sources)
     assert _tree_bytes_contain(out, needles) == {}
     assert _tree_bytes_contain(Path(cli_env["PREFECT_HOME"]), needles) == {}
 

@@ -24,8 +24,8 @@ import pytest
 from botocore.config import Config
 
 from medanon.keys import Pseudonymizer
-from medanon.samples import PLANTED_PHI, build_sample_archive, build_series_archive
-from conftest import ROOT, TEST_KEY, run_cli, run_json
+from medanon.samples import build_sample_archive, build_series_archive
+from conftest import ROOT, TEST_KEY, phi_needles, run_cli, run_json, source_instances
 
 try:
     from tests.s3server import DUMMY_ENV, SCRUB_ENV, MotoS3Server
@@ -147,44 +147,12 @@ def _summary(stdout: str) -> dict:
 
 
 # -- the sample archive and what must never appear in the output --------------------------------
-def _source_instances(root: Path) -> dict[str, pydicom.Dataset]:
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            if "cut_" in f:  # the deliberately truncated copy shares its SOP Instance UID
-                continue
-            try:
-                ds = pydicom.dcmread(os.path.join(dirpath, f), force=True)
-            except Exception:  # noqa: BLE001
-                continue
-            if "SOPInstanceUID" in ds:
-                out[os.path.join(dirpath, f)] = ds
-    return out
-
-
-def _needles(sources: dict) -> list[bytes]:
-    strings = set(PLANTED_PHI)
-    for ds in sources.values():
-        strings |= {str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)}
-        if "FrameOfReferenceUID" in ds:
-            strings.add(str(ds.FrameOfReferenceUID))
-    out = set()
-    for s in strings:
-        for enc in ("utf-8", "latin-1"):
-            try:
-                out.add(s.encode(enc))
-                out.add(s.upper().encode(enc))
-            except UnicodeEncodeError:
-                pass
-    return sorted(out)
-
-
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
     root = tmp_path_factory.mktemp("sample") / "archive"
     build_sample_archive(root)
-    sources = _source_instances(root)
-    return root, sources, _needles(sources)
+    sources = source_instances(root)
+    return root, sources, phi_needles(sources)
 
 
 @pytest.fixture(scope="module")
