@@ -8,6 +8,7 @@ for a bad file.
 
 from __future__ import annotations
 
+import io
 import struct
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -49,6 +50,19 @@ BURNED_IN_CLASS_PREFIXES = (
     "1.2.840.10008.5.1.4.1.1.104.",  # encapsulated documents
 )
 HEAD_BYTES = 132
+IN_MEMORY_LIMIT = 64 * 1024 * 1024
+
+
+def in_memory(fh, size: int, limit: int = IN_MEMORY_LIMIT):
+    """The whole file as a BytesIO when it is small enough, else the file rewound.
+
+    pydicom's parser calls tell()/read() for every element; on a real file each call may
+    release and re-take the GIL, and with several batch threads that costs milliseconds per
+    instance. One read into memory avoids it."""
+    fh.seek(0)
+    if size <= limit:
+        return io.BytesIO(fh.read())
+    return fh
 
 
 @dataclass
@@ -134,7 +148,7 @@ def inspect_entry(source: Source, entry: SourceEntry, report_sniffer=None) -> In
                     if report_sniffer(more):
                         return Inspected(**base, kind="report")
                 return Inspected(**base, kind="quarantine", reason="not-dicom")
-            fh.seek(0)
+            fh = in_memory(fh, entry.size)
             ds = _read_header(fh, kind)
             end = fh.tell()
         except (InvalidDicomError, EOFError):

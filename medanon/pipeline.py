@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretBytes, field_serializer
 
 from . import __version__
 from . import fastpath
-from .discover import Inspected, inspect_entry
+from .discover import Inspected, in_memory, inspect_entry
 from .keys import Pseudonymizer
 from .profile import Profile
 from .storage import SourceEntry, StorageError, TargetFull, open_source, open_target
@@ -198,9 +198,9 @@ def scrub_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple[int, str, st
               "quarantined": {}, "outputs": {}, "target_full": False, "pending": []}
     for n, (file_id, relpath, out_rel) in enumerate(items):
         try:
-            with source.open(relpath) as fh:
-                size = fh.seek(0, io.SEEK_END)
-                fh.seek(0)
+            with source.open(relpath) as raw_fh:
+                size = raw_fh.seek(0, io.SEEK_END)
+                fh = in_memory(raw_fh, size)
                 try:
                     out = fastpath.deidentify_file(fh, size, lambda ds: prepare(ds, scrubber))
                 except OSError:

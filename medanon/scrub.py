@@ -47,6 +47,8 @@ STUDY_ID = 0x00200010
 PATIENT_AGE = 0x00101010
 TIMEZONE_OFFSET = 0x00080201
 CONTENT_SEQUENCE = 0x0040A730
+IDENTITY_TAGS = frozenset((PATIENT_ID, PATIENT_NAME, ACCESSION, STUDY_ID))
+CONTENT_ITEM_VALUE_TAGS = frozenset((0x0040A160, 0x0040A123, 0x0040A121, 0x0040A122, 0x0040A120, 0x0040A124))
 TEXT_VRS = {"LO", "SH", "LT", "ST", "UT", "UC"}
 NUMERIC_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"}
 BYTES_VRS = {"OB", "OW", "OD", "OF", "OL", "OV", "UN"}
@@ -147,6 +149,7 @@ class Scrubber:
         kept_private_blocks: set[tuple[int, int]] = set()
         private_creators: list = []
         for tag in tags:
+            tag = int(tag)  # plain ints: BaseTag comparisons are slow in a hot loop
             group, elem = tag >> 16, tag & 0xFFFF
             if (elem == 0 and group != 0xFFFE) or group in (0x0000, 0x0002):
                 # group lengths are recomputed by writers; command (0000) and file meta (0002)
@@ -167,7 +170,7 @@ class Scrubber:
             if mode == "CSC" and self._csc_item_value(ds, tag, ctx):
                 continue
             action = self.table.lookup(tag)
-            if tag in (PATIENT_ID, PATIENT_NAME, ACCESSION, STUDY_ID) and action != "K":
+            if tag in IDENTITY_TAGS and action != "K":
                 self._identity(ds, tag, ctx)
                 continue
             if action is None:
@@ -375,7 +378,7 @@ class Scrubber:
     def _csc_item_value(self, ds: Dataset, tag, ctx: ScrubContext) -> bool:
         """Under Clean Structured Content, a content item's value follows Table E.3.4-1
         for its concept name; True when handled here."""
-        if tag not in (0x0040A160, 0x0040A123, 0x0040A121, 0x0040A122, 0x0040A120, 0x0040A124):
+        if tag not in CONTENT_ITEM_VALUE_TAGS:
             return False
         concept = ds.get("ConceptNameCodeSequence")
         action = None
