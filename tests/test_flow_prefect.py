@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 import json
 
 import pytest
@@ -77,3 +79,43 @@ def test_key_from_a_prefect_secret_block_gives_the_same_pseudonyms(harness, tmp_
     names_b = sorted(p.relative_to(tmp_path / "b").as_posix() for p in (tmp_path / "b").rglob("*.dcm"))
     assert len(names_a) == 6 and names_a == names_b
     assert not (tmp_path / "sa" / "secret.key").exists()  # no key was generated: the block's was used
+
+
+def test_scrub_batches_are_cached_on_content_identity_with_json_results(harness, tmp_path):
+    from prefect import flow
+    from pydantic import SecretBytes
+
+    from medanon.pipeline import WorkerConfig
+    from medanon.profile import PROFILES
+    from medanon.samples import build_series_archive
+    from tasks.scrub import scrub
+
+    src = tmp_path / "src"
+    paths = build_series_archive(src, 3, per_series=3)
+    cfg = WorkerConfig(source=str(src), target=str(tmp_path / "out"), profile=PROFILES["research"],
+                       key=SecretBytes(b"cache-key"), cache_scope="store-1")
+    st = [os.stat(p) for p in paths]
+    items = [(i, os.path.relpath(p, src), f"x/{i}.dcm", s.st_size, str(s.st_mtime_ns))
+             for i, (p, s) in enumerate(zip(paths, st))]
+
+    @flow
+    def twice(items_a, items_b):
+        first = scrub(cfg, 1, items_a, return_state=True)
+        second = scrub(cfg, 1, items_b, return_state=True)
+        return first, second
+
+    first, second = twice(items, items)
+    assert first.result()["exported"] == 3
+    assert second.name == "Cached" and second.result() == first.result()
+    changed = [items[0][:4] + ("changed-mtime",)] + items[1:]
+    _, third = twice(items, changed)
+    assert third.name != "Cached"
+    # the persisted result is JSON and holds no source path
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+    storage = Path(PREFECT_LOCAL_STORAGE_PATH.value())
+    blobs = [p.read_bytes() for p in storage.glob("*") if p.is_file()]
+    assert blobs
+    for blob in blobs:
+        assert str(src).encode() not in blob
+    assert any(b'"serializer"' in b and b'"json"' in b for b in blobs)
