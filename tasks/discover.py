@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from prefect import task
+
+from tasks import phi_safe
 from prefect.cache_policies import NO_CACHE
 
 from medanon.pipeline import WorkerConfig, inspect_batch
@@ -20,5 +22,6 @@ def discover(cfg: WorkerConfig, store: StateStore, run_id: str, label: str) -> d
 # Headers hold PHI: this task's result is never persisted nor cached; it goes straight
 # from the worker to the flow process, which writes it to the state store.
 @task(name="inspect", task_run_name="inspect-batch-{batch_no}", cache_policy=NO_CACHE, persist_result=False)
+@phi_safe
 def inspect(cfg: WorkerConfig, batch_no: int, entries: list[tuple]) -> list:
     return inspect_batch(cfg, entries)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prefect import task
 
+from tasks import phi_safe
+
 from medanon.pipeline import BatchIncomplete, WorkerConfig, scrub_batch
 
 
@@ -29,6 +31,7 @@ def _retry_unless_full(task, task_run, state) -> bool:
 @task(name="scrub", task_run_name="scrub-batch-{batch_no}", cache_key_fn=batch_cache_key, persist_result=True,
       result_serializer="json",
       retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_unless_full)
+@phi_safe
 def scrub(cfg: WorkerConfig, batch_no: int, items: list[tuple]) -> dict:
     """items: (file_id, source relpath, out relpath, size, token). Returns a PHI-free summary.
 

@@ -119,3 +119,30 @@ def test_scrub_batches_are_cached_on_content_identity_with_json_results(harness,
     for blob in blobs:
         assert str(src).encode() not in blob
     assert any(b'"serializer"' in b and b'"json"' in b for b in blobs)
+
+
+def test_unexpected_task_errors_reach_prefect_without_their_message(harness):
+    from prefect import flow, task
+
+    from tasks import BatchFailed, phi_safe
+
+    @task(name="boom", task_run_name="boom-batch-{batch_no}")
+    @phi_safe
+    def boom(batch_no: int) -> None:
+        raise ValueError("Patient Kowalczyk^Agnieszka MRN4471203 could not be parsed")
+
+    @flow(name="phi-safe-check")
+    def check():
+        st = boom(7, return_state=True)
+        try:
+            st.result()
+        except BatchFailed as exc:
+            return str(exc), exc.__context__ is None, exc.__cause__ is None
+        return None
+
+    message, no_context, no_cause = check()
+    assert "Kowalczyk" not in message and "ValueError" in message and no_context and no_cause
+    _, tasks, _, logs = asyncio.run(_collect())
+    stored = json.dumps([t.model_dump(mode="json") for t in tasks] + [log.model_dump(mode="json") for log in logs])
+    assert "boom-batch-7" in stored
+    assert "Kowalczyk" not in stored and "MRN4471203" not in stored
