@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 from .textscrub import (
+    BIRTH_CUE,
     NEVER_NAME,
     KnownIdentifiers,
     clean_text,
@@ -300,9 +301,7 @@ _EXAM_DATE_CUE = re.compile(
     r"(?<![\w])(?:exam(?:ination)?\s+date|date\s+of\s+(?:exam(?:ination)?|service|study|procedure)|"
     r"study\s+date|procedure\s+date|DOS|service\s+date|date\s+of\s+scan|scan\s+date|"
     r"untersuchungsdatum|date\s+de\s+l'examen|date\s+d'examen|exam\s+date/time)\s*[:#=]?\s*", re.I)
-_DOB_CUE = re.compile(
-    r"(?<![\w])(?:DOB|D\.O\.B\.?|date\s+of\s+birth|birth\s*date|birthdate|born(?:\s+on)?|geb\.?|"
-    r"geburtsdatum|date\s+de\s+naissance|n[ée]+\s+le)\s*[:#=]?\s*", re.I)
+_DOB_CUE = re.compile(rf"(?<![\w]){BIRTH_CUE}\s*[:#=]?\s*", re.I)
 _FN_ACC = re.compile(r"(?i)(?:^|[_\-. ])(?:acc(?:ession)?|an)[-_ #]?(?P<v>[A-Z0-9]*\d{3,}[A-Z0-9]*)")
 _FN_PLAIN = re.compile(r"(?i)^(?P<v>[A-Z]{0,4}\d{5,})(?:[_\-. ].*)?$")
 

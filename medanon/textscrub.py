@@ -647,8 +647,10 @@ _FR_STREET_RE = re.compile(
 _EU_ZIP_CITY_RE = re.compile(
     r"(?<![\w.-])(?:(?:D|F|A|CH|B|L|NL)-\d{4,5}|\d{5})[ \t]+(?=[A-ZÄÖÜ])(?P<city>[A-ZÄÖÜ][a-zäöüßé]+)(?![\w])")
 
-_DOB_CUE_RE = re.compile(r"(?:\bDOB|\bD\.O\.B\.?|date\s+of\s+birth|\bborn(?:\s+on)?|\bbirth\s*date|"
-                         r"\bgeb\.?|geboren(?:\s+am)?|n[ée]e?\s+le)\s*[:#]?\s*$", re.I)
+# Words that announce a birth date (report header extraction in reports.py uses them too).
+BIRTH_CUE = (r"(?:DOB|D\.O\.B\.?|date\s+of\s+birth|birth\s*date|born(?:\s+on)?|geb\.?|geboren(?:\s+am)?|"
+             r"geburtsdatum|date\s+de\s+naissance|n[ée]+\s+le)")
+_DOB_CUE_RE = re.compile(rf"(?<![\w]){BIRTH_CUE}\s*[:#=]?\s*$", re.I)
 
 _INST_SUFFIX = (r"(?:Hospital|Hospitals|Medical\s+Center|Medical\s+Centre|Health\s+Center|Health\s+System|"
                 r"Healthcare|Health\s+Care|Clinic|Clinics|Infirmary|Imaging\s+Center|Imaging\s+Centre|"

@@ -63,11 +63,15 @@ class LocalTarget:
         self.fsync_each = fsync_each
 
     # -- space -------------------------------------------------------------
-    def free_bytes(self) -> int | None:
+    def _disk_free(self) -> int:
+        """Free bytes on the filesystem that holds (or will hold) the target root."""
         probe = self.root
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
-        free = shutil.disk_usage(probe).free - self.reserve
+        return shutil.disk_usage(probe).free
+
+    def free_bytes(self) -> int | None:
+        free = self._disk_free() - self.reserve
         if self.byte_budget is not None:
             free = min(free, self.byte_budget - self.bytes_written)
         return max(free, 0)
@@ -76,10 +80,7 @@ class LocalTarget:
         """Refuse a write that would exceed the budget or eat into the reserve (kept for the manifest)."""
         if not reserved and self.byte_budget is not None and self.bytes_written + size > self.byte_budget:
             raise TargetFull(size, self.byte_budget - self.bytes_written)
-        probe = self.root
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        free = shutil.disk_usage(probe).free - (0 if reserved else self.reserve)
+        free = self._disk_free() - (0 if reserved else self.reserve)
         if size + 4096 > free:
             raise TargetFull(size, max(free, 0))
 
