@@ -6,57 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
 from medanon.samples import build_series_archive
-from conftest import ROOT, TEST_KEY, run_json
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError("server did not answer")
+from conftest import ROOT, TEST_KEY, prefect_server, run_json, stop_group
 
 
 @pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
+def prefect_server_api(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-server-home")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MEDANON_"))}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port),
-               PREFECT_UI_ENABLED="false")
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/api/health", 120)
-        yield f"http://127.0.0.1:{port}/api", home
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+    with prefect_server(home) as url:
+        yield url, home
 
 
 async def _state(api: str, flow_run_id):
@@ -67,8 +31,8 @@ async def _state(api: str, flow_run_id):
         return fr.state
 
 
-def test_deployment_suspends_on_full_target_and_resumes_with_new_target(prefect_server, tmp_path):
-    api, home = prefect_server
+def test_deployment_suspends_on_full_target_and_resumes_with_new_target(prefect_server_api, tmp_path):
+    api, home = prefect_server_api
     src = tmp_path / "src"
     build_series_archive(src, 30, per_series=10)
     first, second = tmp_path / "first", tmp_path / "second"
@@ -139,8 +103,4 @@ def test_deployment_suspends_on_full_target_and_resumes_with_new_target(prefect_
         for rel in written_second:
             assert (second / rel).read_bytes() == (tmp_path / "full" / rel).read_bytes()
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_group(server)

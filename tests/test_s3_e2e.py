@@ -8,13 +8,10 @@ import hashlib
 import io
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -25,7 +22,7 @@ from botocore.config import Config
 
 from medanon.keys import Pseudonymizer
 from medanon.samples import build_sample_archive, build_series_archive
-from conftest import ROOT, TEST_KEY, phi_needles, run_cli, run_json, source_instances
+from conftest import ROOT, TEST_KEY, phi_needles, prefect_server, run_cli, run_json, source_instances
 
 try:
     from tests.s3server import DUMMY_ENV, SCRUB_ENV, MotoS3Server
@@ -38,43 +35,13 @@ DEPTH = {"flat": 1, "patient": 2, "study": 3, "series": 4}
 
 
 # -- servers and environments --------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def prefect_api(tmp_path_factory):
     """One Prefect server for the module: CLI runs skip the embedded server's start-up, and blocks
     registered once are seen by every run."""
     home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MEDANON_", "AWS_"))}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false")
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-                             str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("prefect server did not start") from None
-                time.sleep(0.3)
+    with prefect_server(home) as url:
         yield url, home
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 @pytest.fixture(scope="module")
