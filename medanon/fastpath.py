@@ -26,6 +26,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from . import rawsplit
 from .discover import HEAD_BYTES, sniff
 
 PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
@@ -80,22 +81,22 @@ def _element_end(fh: BinaryIO, start: int, size: int, little: bool, implicit: bo
 LONG_VR_NAMES = {v.decode() for v in LONG_VRS} | {"SV", "UV"}
 
 
-def _encode_header(ds) -> bytes:
+def _encode_header(ds, as_read: dict | None = None) -> bytes:
     """Encode a Part 10 file (without pixel data when read with stop_before_pixels).
 
     Elements still raw (never converted: kept as read) are copied with their original
     value bytes; only the elements the scrubber touched go through pydicom's encoders.
-    The result is what ``save_as`` writes, minus most of its per-element overhead."""
-    tsyntax = ds.file_meta.get("TransferSyntaxUID")
-    if tsyntax is None or tsyntax == DeflatedExplicitVRLittleEndian or not tsyntax.is_transfer_syntax:
+    The result is what ``save_as`` writes, minus most of its per-element overhead.
+
+    ``as_read`` maps tag -> (VR, value bytes) of elements the scrubber never saw (the split
+    path): they are written in tag order among the dataset's own elements, exactly as a
+    raw element of the dataset would be."""
+    if _needs_save_as(ds):
+        assert not as_read, "the split path is only taken where the header is encoded here"
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
         return buf.getvalue()
-    implicit, little = tsyntax.is_implicit_VR, tsyntax.is_little_endian
-    if ds.original_encoding != (implicit, little):
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
-        return buf.getvalue()
+    implicit, little = ds.original_encoding
     fp = DicomBytesIO()
     fp.write(ds.preamble or b"\x00" * 128)
     fp.write(b"DICM")
@@ -104,9 +105,20 @@ def _encode_header(ds) -> bytes:
     e = "<" if little else ">"
     encodings = convert_encodings(ds.get("SpecificCharacterSet", default_encoding) or default_encoding)
     pack = struct.pack
-    for tag in sorted(ds._dict):
+    tags = sorted(ds._dict.keys() | as_read.keys()) if as_read else sorted(ds._dict)
+    for tag in tags:
         elem = ds.get_item(tag)
-        if getattr(elem, "is_raw", False) and elem.length != 0xFFFFFFFF and (implicit or elem.VR):
+        if elem is None:  # kept as read, never parsed
+            vr, value = as_read[tag]
+            fp.write(pack(e + "HH", tag >> 16, tag & 0xFFFF))
+            if implicit:
+                fp.write(pack(e + "I", len(value)))
+            elif vr in LONG_VR_NAMES:
+                fp.write(vr.encode() + b"\x00\x00" + pack(e + "I", len(value)))
+            else:
+                fp.write(vr.encode() + pack(e + "H", len(value)))
+            fp.write(value)
+        elif getattr(elem, "is_raw", False) and elem.length != 0xFFFFFFFF and (implicit or elem.VR):
             value = elem.value or b""
             fp.write(pack(e + "HH", tag >> 16, tag & 0xFFFF))
             if implicit:
@@ -131,6 +143,13 @@ def _encode_header(ds) -> bytes:
         else:
             write_data_element(fp, ds[tag] if getattr(elem, "is_raw", False) else elem, encodings)
     return fp.getvalue()
+
+
+def _needs_save_as(ds) -> bool:
+    tsyntax = ds.file_meta.get("TransferSyntaxUID")
+    if tsyntax is None or tsyntax == DeflatedExplicitVRLittleEndian or not tsyntax.is_transfer_syntax:
+        return True
+    return ds.original_encoding != (tsyntax.is_implicit_VR, tsyntax.is_little_endian)
 
 
 METHOD_CODE_SEQUENCE = 0x00120064
@@ -175,8 +194,18 @@ def _encode_meta(meta) -> bytes:
     return struct.pack("<HH", 0x0002, 0x0000) + b"UL" + struct.pack("<HI", 4, len(data)) + data
 
 
-def deidentify_file(fh: BinaryIO, size: int, scrub: Callable) -> Deidentified:
-    """``scrub(ds)`` de-identifies a dataset in place and prepares its file meta."""
+def deidentify_file(fh: BinaryIO, size: int, scrub: Callable,
+                    keeps_as_read: Callable[[int, str | None], bool] | None = None) -> Deidentified:
+    """``scrub(ds)`` de-identifies a dataset in place and prepares its file meta.
+
+    With ``keeps_as_read(tag, vr)`` (the scrubber's) and an instance held in memory, the
+    elements it accepts are copied as read and only the others are parsed and scrubbed
+    (the split path); the output is the same bytes either way."""
+    if keeps_as_read is not None and isinstance(fh, io.BytesIO):
+        out = _split_path(fh, size, scrub, keeps_as_read)
+        if out is not None:
+            return out
+        fh.seek(0)
     raw = sniff(fh.read(HEAD_BYTES)) == "raw"
     fh.seek(0)
     with warnings.catch_warnings():
@@ -214,6 +243,34 @@ def deidentify_file(fh: BinaryIO, size: int, scrub: Callable) -> Deidentified:
     for block in chunks():
         sha.update(block)
     return Deidentified(ds, total, sha.hexdigest(), None, chunks)
+
+
+def _split_path(fh: io.BytesIO, size: int, scrub: Callable, keeps_as_read: Callable) -> Deidentified | None:
+    """Parse only the elements the scrubber needs; None when the file is not a plain case."""
+    buf = fh.getvalue()
+    sp = rawsplit.split(buf)
+    if sp is None or sp.pixel_start is None or len(buf) != size:
+        return None
+    if _element_end(fh, sp.pixel_start, size, True, sp.implicit) != size:
+        return None
+    as_read: dict = {}
+    parse = [buf[:sp.dataset_start]]
+    for tag, vr, start, value_start, length, end in sp.elements:
+        if length >= 0 and keeps_as_read(tag, vr):
+            as_read[tag] = (vr, buf[value_start:end])
+        else:
+            as_read.pop(tag, None)  # a repeated tag: the last one read wins, as in pydicom
+            parse.append(buf[start:end])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(io.BytesIO(b"".join(parse)), stop_before_pixels=True)
+    if _needs_save_as(ds) or ds.original_encoding != (sp.implicit, True):
+        return None
+    for tag in ds._dict.keys() & as_read.keys():
+        del as_read[tag]
+    scrub(ds)
+    data = _encode_header(ds, as_read) + buf[sp.pixel_start:]
+    return Deidentified(ds, len(data), hashlib.sha256(data).hexdigest(), data, None)
 
 
 def _header_only(ds, scrub) -> Deidentified:

@@ -202,7 +202,7 @@ def scrub_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple[int, str, st
                 size = raw_fh.seek(0, io.SEEK_END)
                 fh = in_memory(raw_fh, size)
                 try:
-                    out = fastpath.deidentify_file(fh, size, lambda ds: prepare(ds, scrubber))
+                    out = fastpath.deidentify_file(fh, size, lambda ds: prepare(ds, scrubber), scrubber.keeps_as_read)
                 except OSError:
                     raise
                 except Exception:  # noqa: BLE001 - never crash, never echo a value

@@ -40,6 +40,12 @@ try:  # registered UIDs (transfer syntaxes, SOP classes, ...) are not identifyin
 except ImportError:  # pragma: no cover
     _REGISTERED_UIDS = {}
 
+_KNOWN_PN_TAGS = (0x00100010, 0x00101001, 0x00101060, 0x00080090, 0x00081050, 0x00081060, 0x00081070,
+             0x00321032, 0x00081048, 0x0040A075, 0x00400006, 0x40080114, 0x00101005)
+_KNOWN_ID_TAGS = (0x00100020, 0x00101000, 0x00080050, 0x00200010, 0x00101002, 0x00380010, 0x00401001, 0x00400009,
+             0x00402016, 0x00402017, 0x00101090, 0x00102297)
+
+
 PATIENT_NAME = 0x00100010
 PATIENT_ID = 0x00100020
 ACCESSION = 0x00080050
@@ -49,6 +55,13 @@ TIMEZONE_OFFSET = 0x00080201
 CONTENT_SEQUENCE = 0x0040A730
 IDENTITY_TAGS = frozenset((PATIENT_ID, PATIENT_NAME, ACCESSION, STUDY_ID))
 CONTENT_ITEM_VALUE_TAGS = frozenset((0x0040A160, 0x0040A123, 0x0040A121, 0x0040A122, 0x0040A120, 0x0040A124))
+# Read besides the element being scrubbed (context_for, known_identifiers, the file meta, the
+# encoder's character set, the manifest row): never copied past the scrubber.
+CONTEXT_TAGS = frozenset(_KNOWN_PN_TAGS + _KNOWN_ID_TAGS + (
+    0x00080005, 0x00080016, 0x00080018, 0x00080060, 0x00080080, 0x00081010, 0x00081040, 0x0020000D,
+    0x0020000E, 0x00100021, 0x00100030, 0x00101040, 0x00102154))
+# Written by _mark
+MARK_TAGS = frozenset((0x00120062, 0x00120063, 0x00120064, 0x00280303))
 TEXT_VRS = {"LO", "SH", "LT", "ST", "UT", "UC"}
 NUMERIC_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"}
 BYTES_VRS = {"OB", "OW", "OD", "OF", "OL", "OV", "UN"}
@@ -93,6 +106,7 @@ class Scrubber:
         self.safe_private = safe_private() if profile.retain_safe_private else frozenset()
         self.csc = csc_codes() if profile.clean_structured_content else {}
         self._text_cache: dict = {}
+        self._kept_cache: dict = {}
         if profile.retain_longitudinal_full_dates:
             self.temporal = "UNMODIFIED"
         elif profile.retain_longitudinal_modified_dates:
@@ -141,6 +155,31 @@ class Scrubber:
             seq.append(item)
         ds.DeidentificationMethodCodeSequence = seq
         ds.LongitudinalTemporalInformationModified = self.temporal
+
+    # ------------------------------------------------------------------ kept as read
+    def keeps_as_read(self, tag: int, vr: str | None) -> bool:
+        """True when the walk keeps a top-level element with this tag and raw VR exactly as
+        read, whatever its value, and nothing else reads it: the fast path then copies its
+        bytes without handing it to pydicom. Mirrors ``_walk`` in mode '' (tested for
+        byte-identical output)."""
+        key = (tag, vr)
+        hit = self._kept_cache.get(key)
+        if hit is None:
+            hit = self._kept_cache[key] = self._keeps_as_read(tag, vr)
+        return hit
+
+    def _keeps_as_read(self, tag: int, vr: str | None) -> bool:
+        group, elem = tag >> 16, tag & 0xFFFF
+        if (elem == 0 and group != 0xFFFE) or group in (0x0000, 0x0002) or group & 1:
+            return False
+        if tag in CONTEXT_TAGS or tag in MARK_TAGS or vr in ("SQ", "UN"):
+            return False  # pydicom may give an explicit UN element its dictionary VR when it reads it
+        action = self.table.lookup(tag)
+        if tag in IDENTITY_TAGS and action != "K":
+            return False
+        if action is None:
+            return dictionary_has_tag(tag) and vr not in ("PN", "UI")
+        return action == "K" and tag != PATIENT_AGE
 
     # ------------------------------------------------------------------ walk
     def _walk(self, ds: Dataset, ctx: ScrubContext, mode: str) -> None:
@@ -437,12 +476,6 @@ def patient_key_of(ds: Dataset) -> str:
     return f"study\x00{ds.get('StudyInstanceUID', '')}"
 
 
-_KNOWN_PN = (0x00100010, 0x00101001, 0x00101060, 0x00080090, 0x00081050, 0x00081060, 0x00081070,
-             0x00321032, 0x00081048, 0x0040A075, 0x00400006, 0x40080114, 0x00101005)
-_KNOWN_ID = (0x00100020, 0x00101000, 0x00080050, 0x00200010, 0x00101002, 0x00380010, 0x00401001, 0x00400009,
-             0x00402016, 0x00402017, 0x00101090, 0x00102297)
-
-
 def known_identifiers(ds: Dataset, pseudo: Pseudonymizer | None = None, patient_key: str = "") -> KnownIdentifiers:
     """Identifiers of this instance's patient, staff and site, for cleaning free text."""
     k = KnownIdentifiers()
@@ -456,9 +489,9 @@ def known_identifiers(ds: Dataset, pseudo: Pseudonymizer | None = None, patient_
         v = el.value
         return [str(x) for x in v] if el.VM > 1 else [str(v)]
 
-    for t in _KNOWN_PN:
+    for t in _KNOWN_PN_TAGS:
         k.person_names += [v for v in values(t) if v.strip()]
-    for t in _KNOWN_ID:
+    for t in _KNOWN_ID_TAGS:
         k.ids += [v for v in values(t) if v.strip()]
     k.dates += values(0x00100030)
     k.addresses += values(0x00101040)

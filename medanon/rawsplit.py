@@ -1,0 +1,195 @@
+"""Split a Part 10 file's bytes into its top-level elements without building a dataset.
+
+The scrub and inspect passes only need pydicom for the few elements they look at or
+change; most of a CT or MR header (geometry, acquisition parameters) is kept exactly as
+read. :func:`split` finds each top-level element's tag, VR and byte range with a struct
+loop, so the caller can hand pydicom a reduced stream holding only the elements it needs
+and copy the rest as they are.
+
+Only the plain cases are handled: a Part 10 file (preamble, ``DICM``, file meta) in a little
+endian, non-deflated transfer syntax whose elements are well formed. Anything else gives
+``None`` and the caller takes its general path (pydicom reads everything), so this module
+never decides what a malformed file means.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from functools import lru_cache
+
+PIXEL_TAGS = frozenset((0x7FE00008, 0x7FE00009, 0x7FE00010))
+LONG_VRS = frozenset((b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR", b"SV", b"UV"))
+VALID_VRS = LONG_VRS | frozenset((b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO",
+                                  b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"))
+IMPLICIT_LE = "1.2.840.10008.1.2"
+NOT_EXPLICIT_LE = frozenset(("1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"))
+UNDEFINED = 0xFFFFFFFF
+ITEM, ITEM_END, SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_unpack_hh = struct.Struct("<HH").unpack_from
+_unpack_h = struct.Struct("<H").unpack_from
+_unpack_i = struct.Struct("<I").unpack_from
+
+
+@dataclass
+class Split:
+    implicit: bool
+    dataset_start: int  # offset of the first dataset element (just after the file meta)
+    # top-level dataset elements before the pixel data, in file order, as tuples
+    # (tag, vr, start, value_start, value_length, end); value_length is -1 when undefined
+    elements: list
+    pixel_start: int | None  # offset of the pixel data element, None when there is none
+
+
+@lru_cache(maxsize=4096)
+def dictionary_vr(tag: int) -> str | None:
+    from pydicom.datadict import dictionary_VR
+
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
+
+
+def _meta_end(buf: bytes) -> tuple[int, str] | None:
+    """(offset after the file meta group, transfer syntax UID) of a Part 10 file."""
+    n = len(buf)
+    if n < 132 or buf[128:132] != b"DICM":
+        return None
+    pos, tsyntax = 132, None
+    while pos + 8 <= n:
+        group, elem = _unpack_hh(buf, pos)
+        if group != 0x0002:
+            break
+        vr = buf[pos + 4:pos + 6]
+        if vr in LONG_VRS:
+            (length,) = _unpack_i(buf, pos + 8)
+            start = pos + 12
+        elif vr in VALID_VRS:
+            (length,) = _unpack_h(buf, pos + 6)
+            start = pos + 8
+        else:
+            return None
+        if length == UNDEFINED or start + length > n:
+            return None
+        if elem == 0x0010:
+            tsyntax = buf[start:start + length].rstrip(b"\x00 ").decode("ascii", "replace")
+        pos = start + length
+    if tsyntax is None:
+        return None
+    return pos, tsyntax
+
+
+def _header(buf: bytes, pos: int, implicit: bool) -> tuple[int, str | None, int, int] | None:
+    """(tag, vr, value_start, length) of the element at pos; None when it cannot be read."""
+    if pos + 8 > len(buf):
+        return None
+    group, elem = _unpack_hh(buf, pos)
+    tag = group << 16 | elem
+    if implicit or group == 0xFFFE:
+        (length,) = _unpack_i(buf, pos + 4)
+        return tag, (None if group == 0xFFFE else dictionary_vr(tag)), pos + 8, length
+    vr = buf[pos + 4:pos + 6]
+    if vr in LONG_VRS:
+        if pos + 12 > len(buf):
+            return None
+        (length,) = _unpack_i(buf, pos + 8)
+        return tag, vr.decode(), pos + 12, length
+    if vr not in VALID_VRS:
+        return None
+    (length,) = _unpack_h(buf, pos + 6)
+    return tag, vr.decode(), pos + 8, length
+
+
+def _skip_items(buf: bytes, pos: int, implicit: bool, depth: int) -> int | None:
+    """Offset just past the sequence delimiter of an undefined-length sequence whose first
+    item starts at pos."""
+    n = len(buf)
+    if depth > 16:
+        return None
+    while pos + 8 <= n:
+        group, elem = _unpack_hh(buf, pos)
+        (length,) = _unpack_i(buf, pos + 4)
+        tag = group << 16 | elem
+        if tag == SEQ_END:
+            return pos + 8
+        if tag != ITEM:
+            return None
+        if length != UNDEFINED:
+            pos += 8 + length
+            continue
+        pos = _skip_dataset(buf, pos + 8, implicit, depth + 1)
+        if pos is None:
+            return None
+    return None
+
+
+def _skip_dataset(buf: bytes, pos: int, implicit: bool, depth: int) -> int | None:
+    """Offset just past the item delimiter of an undefined-length item starting at pos."""
+    n = len(buf)
+    while pos + 8 <= n:
+        head = _header(buf, pos, implicit)
+        if head is None:
+            return None
+        tag, vr, vstart, length = head
+        if tag == ITEM_END:
+            return pos + 8
+        if length == UNDEFINED:
+            if not implicit and vr not in ("SQ", "UN"):
+                return None
+            # the items of an undefined-length UN are implicit VR little endian (PS3.5 6.2.2)
+            pos = _skip_items(buf, vstart, implicit or vr == "UN", depth + 1)
+            if pos is None:
+                return None
+            continue
+        pos = vstart + length
+    return None
+
+
+def split(buf: bytes) -> Split | None:
+    """The top-level elements of a Part 10 file held in ``buf`` (up to the pixel data)."""
+    meta = _meta_end(buf)
+    if meta is None:
+        return None
+    pos, tsyntax = meta
+    if tsyntax == IMPLICIT_LE:
+        implicit = True
+    elif tsyntax in NOT_EXPLICIT_LE:  # big endian or deflated
+        return None
+    else:
+        implicit = False
+    start, n = pos, len(buf)
+    elements = []
+    append = elements.append
+    while pos < n:
+        head = _header(buf, pos, implicit)
+        if head is None:
+            return None
+        tag, vr, vstart, length = head
+        if tag in PIXEL_TAGS:
+            return Split(implicit, start, elements, pos)
+        if tag >> 16 == 0xFFFE or tag >> 16 == 0x0002:
+            return None
+        if length == UNDEFINED:
+            if not (vr == "SQ" or vr == "UN" or (implicit and vr is None)):
+                return None
+            end = _skip_items(buf, vstart, implicit or vr == "UN", 0)
+            if end is None:
+                return None
+            append((tag, vr, pos, vstart, -1, end))
+            pos = end
+            continue
+        end = vstart + length
+        if end > n:
+            return None
+        append((tag, vr, pos, vstart, length, end))
+        pos = end
+    return Split(implicit, start, elements, None)
+
+
+def reduced(buf: bytes, sp: Split, keep) -> bytes:
+    """The file meta and only the elements ``keep(element)`` accepts: a valid Part 10 stream
+    without pixel data for pydicom to read."""
+    parts = [buf[:sp.dataset_start]]
+    parts += [buf[e[2]:e[5]] for e in sp.elements if keep(e)]
+    return b"".join(parts)
