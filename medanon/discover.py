@@ -148,6 +148,10 @@ def inspect_entry(source: Source, entry: SourceEntry, report_sniffer=None) -> In
                     if report_sniffer(more):
                         return Inspected(**base, kind="report")
                 return Inspected(**base, kind="quarantine", reason="not-dicom")
+            if kind == "part10":
+                fast = _inspect_split(fh, entry.size, base)
+                if fast is not None:
+                    return fast
             fh = in_memory(fh, entry.size)
             ds = _read_header(fh, kind)
             end = fh.tell()
@@ -160,7 +164,34 @@ def inspect_entry(source: Source, entry: SourceEntry, report_sniffer=None) -> In
     return classify(ds, base, entry.size, end)
 
 
-def classify(ds, base: dict, size: int, end: int) -> Inspected:
+# What classify reads (and the character set its names are decoded with)
+INSPECT_TAGS = frozenset((0x00080005, 0x00080016, 0x00080018, 0x00080020, 0x00080050, 0x00080060, 0x00041220,
+                          0x0020000D, 0x0020000E, 0x00100010, 0x00100020, 0x00100021, 0x00100030, 0x00280301))
+SPLIT_HEAD = 256 * 1024
+
+
+def _inspect_split(fh, size: int, base: dict) -> Inspected | None:
+    """Inspect a plain Part 10 instance from its first bytes, parsing only what classify reads;
+    None when the file is not a plain case (the caller then reads the whole header)."""
+    from . import rawsplit
+
+    fh.seek(0)
+    buf = fh.read(min(size, SPLIT_HEAD))
+    sp = rawsplit.split(buf)
+    if sp is None or sp.pixel_start is None:
+        return None
+    if rawsplit.element_end(fh, sp.pixel_start, size, True, sp.implicit) != size:
+        return None  # truncated pixel data or elements after it: the general path decides
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(io.BytesIO(rawsplit.reduced(buf, sp, lambda e: e[0] in INSPECT_TAGS)),
+                             stop_before_pixels=True)
+    if ds.original_encoding != (sp.implicit, True):
+        return None
+    return classify(ds, base, size, 0, has_pixels=True)
+
+
+def classify(ds, base: dict, size: int, end: int, has_pixels: bool | None = None) -> Inspected:
     try:
         meta = getattr(ds, "file_meta", None)
         sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
@@ -187,7 +218,8 @@ def classify(ds, base: dict, size: int, end: int) -> Inspected:
             study_date=str(ds.get("StudyDate", "") or ""),
             header={
                 "burned_in": str(ds.get("BurnedInAnnotation", "") or "").upper(),
-                "has_pixels": 0x7FE00010 in ds._dict or 0x7FE00008 in ds._dict or 0x7FE00009 in ds._dict,
+                "has_pixels": has_pixels if has_pixels is not None else (
+                    0x7FE00010 in ds._dict or 0x7FE00008 in ds._dict or 0x7FE00009 in ds._dict),
             },
         )
     except Exception:  # noqa: BLE001

@@ -29,8 +29,6 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 from . import rawsplit
 from .discover import HEAD_BYTES, sniff
 
-PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
-LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR"}
 IN_MEMORY_LIMIT = 64 * 1024 * 1024
 CHUNK = 1 << 20
 
@@ -46,39 +44,10 @@ class Deidentified:
     chunks: Callable[[], Iterator[bytes]] | None  # or a re-playable stream (large instances)
 
 
-def _element_end(fh: BinaryIO, start: int, size: int, little: bool, implicit: bool) -> int | None:
-    """Offset just past the pixel data element that starts at ``start``; None if unsure."""
-    e = "<" if little else ">"
-    fh.seek(start)
-    hdr = fh.read(12)
-    if len(hdr) < 8:
-        return None
-    group, elem = struct.unpack(e + "HH", hdr[:4])
-    if (group << 16 | elem) not in PIXEL_TAGS:
-        return None
-    if implicit:
-        (length,) = struct.unpack(e + "I", hdr[4:8])
-        pos = start + 8
-    elif hdr[4:6] in LONG_VRS:
-        (length,) = struct.unpack(e + "I", hdr[8:12])
-        pos = start + 12
-    else:
-        (length,) = struct.unpack(e + "H", hdr[6:8])
-        pos = start + 8
-    if length != 0xFFFFFFFF:
-        return pos + length
-    while pos + 8 <= size:  # encapsulated fragments: walk item headers, never read their data
-        fh.seek(pos)
-        g, el, ln = struct.unpack("<HHI", fh.read(8))
-        if (g, el) == (0xFFFE, 0xE0DD):
-            return pos + 8
-        if (g, el) != (0xFFFE, 0xE000):
-            return None
-        pos += 8 + ln
-    return None
+_element_end = rawsplit.element_end
 
 
-LONG_VR_NAMES = {v.decode() for v in LONG_VRS} | {"SV", "UV"}
+LONG_VR_NAMES = {v.decode() for v in rawsplit.LONG_VRS}
 
 
 def _encode_header(ds, as_read: dict | None = None) -> bytes:
