@@ -107,6 +107,7 @@ class Scrubber:
         self.csc = csc_codes() if profile.clean_structured_content else {}
         self._text_cache: dict = {}
         self._kept_cache: dict = {}
+        self._method_items: list | None = None
         if profile.retain_longitudinal_full_dates:
             self.temporal = "UNMODIFIED"
         elif profile.retain_longitudinal_modified_dates:
@@ -146,14 +147,15 @@ class Scrubber:
         ds.DeidentificationMethod = (
             f"medanon {__version__}; PS3.15 Annex E (2026c) profile {self.profile.name}"
         )[:64]
-        seq = Sequence()
-        for value, meaning in codes:
-            item = Dataset()
-            item.CodeValue = value
-            item.CodingSchemeDesignator = "DCM"
-            item.CodeMeaning = meaning
-            seq.append(item)
-        ds.DeidentificationMethodCodeSequence = seq
+        if self._method_items is None:  # the same code items in every instance: built once
+            self._method_items = []
+            for value, meaning in codes:
+                item = Dataset()
+                item.CodeValue = value
+                item.CodingSchemeDesignator = "DCM"
+                item.CodeMeaning = meaning
+                self._method_items.append(item)
+        ds.DeidentificationMethodCodeSequence = Sequence(self._method_items)
         ds.LongitudinalTemporalInformationModified = self.temporal
 
     # ------------------------------------------------------------------ kept as read
@@ -480,8 +482,12 @@ def known_identifiers(ds: Dataset, pseudo: Pseudonymizer | None = None, patient_
     """Identifiers of this instance's patient, staff and site, for cleaning free text."""
     k = KnownIdentifiers()
 
+    present = ds._dict
+
     def values(tag):
-        el = ds.get(tag)
+        if tag not in present:  # most are absent: skip pydicom's lookup
+            return []
+        el = ds[tag]
         if el is None or el.value in (None, ""):
             return []
         if el.VR == "SQ":
