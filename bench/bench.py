@@ -24,11 +24,11 @@ ephemeral API server). Tools that are not installed are reported as ``skipped``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import random
-import resource
 import shlex
 import shutil
 import subprocess
@@ -277,10 +277,76 @@ def child_env(extra: dict | None = None) -> dict:
     return env
 
 
-def run_tool(tool: str, src: Path, work: Path, n: int, args) -> dict:
+class PrefectServer:
+    """A Prefect API server on 127.0.0.1, started before the timed runs (as a hospital's would be
+    running already) and stopped after them."""
+
+    def __init__(self, work: Path):
+        self.home = work / "prefect-server-home"
+        self.proc = None
+        self.url = None
+
+    def __enter__(self):
+        import socket
+        import urllib.request
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        exe = Path(sys.executable).with_name("prefect")
+        env = child_env({"PREFECT_HOME": str(self.home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                         "PREFECT_UI_ENABLED": "false"})
+        self.proc = subprocess.Popen([str(exe), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        self.url = f"http://127.0.0.1:{port}/api"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        log(f"Prefect server up at {self.url} (untimed)")
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        self.__exit__()
+        raise RuntimeError("the Prefect server did not start")
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def parse_runs(spec: str) -> list[tuple[str, list[str]]]:
+    """'embedded;server --workers 2' -> [('embedded', []), ('server', ['--workers', '2'])]."""
+    runs = []
+    for part in spec.split(";"):
+        words = shlex.split(part)
+        if not words:
+            continue
+        if words[0] not in ("embedded", "server"):
+            raise ValueError(f"a medanon run starts with 'embedded' or 'server', not {words[0]!r}")
+        runs.append((words[0], words[1:]))
+    return runs
+
+
+def run_label(api: str, extra: list[str]) -> str:
+    return "medanon" + (f" ({api}{', ' + ' '.join(extra) if extra else ''})")
+
+
+def run_tool(tool: str, src: Path, work: Path, n: int, args, api: str = "embedded", extra=(),
+             server: PrefectServer | None = None) -> dict:
     why = available(tool)
+    label = run_label(api, list(extra)) if tool == "medanon" else tool
     if why:
-        return {"tool": tool, "status": "skipped", "reason": why}
+        return {"tool": tool, "label": label, "status": "skipped", "reason": why}
     out = work / f"out-{tool}"
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
@@ -293,8 +359,10 @@ def run_tool(tool: str, src: Path, work: Path, n: int, args) -> dict:
             d.mkdir(parents=True)
         env = child_env({"MEDANON_KEY": args.key, "PREFECT_HOME": str(home),
                          "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+        if api == "server":
+            env["PREFECT_API_URL"] = server.url
         cmd = medanon_cmd() + ["run", str(src), str(out), "--json", "--state-dir", str(state)]
-        cmd += shlex.split(args.medanon_args)
+        cmd += shlex.split(args.medanon_args) + list(extra)
     elif tool == "cp":
         cmd = ["cp", "-r", str(src), str(out)]
     else:
@@ -303,9 +371,10 @@ def run_tool(tool: str, src: Path, work: Path, n: int, args) -> dict:
             env["MESSAGELEVEL"] = "ERROR"
         cmd = [sys.executable, "-c", code, str(src), str(out)]
     os.sync()  # do not make the next tool pay for the previous one's dirty pages
-    log(f"running {tool} ...")
+    log(f"running {label} ...")
     r = run_child(cmd, env, logs / tool, sample_rss=(tool == "medanon"))
-    res = {"tool": tool, "status": "ok" if r["rc"] == 0 else "failed", **{k: v for k, v in r.items() if k != "stdout"}}
+    res = {"tool": tool, "label": label, "status": "ok" if r["rc"] == 0 else "failed",
+           **{k: v for k, v in r.items() if k != "stdout"}}
     if tool == "medanon":
         summary = {}
         for line in reversed(r["stdout"].splitlines()):
@@ -328,7 +397,7 @@ def run_tool(tool: str, src: Path, work: Path, n: int, args) -> dict:
         res["files_out"] -= 1
     res["files_per_s"] = round(n / r["wall"], 1) if r["wall"] else None
     res["inner_files_per_s"] = round(n / inner, 1) if inner else None
-    log(f"  {tool}: rc={r['rc']} wall={r['wall']}s" + (f" inner={res['inner_seconds']}s" if inner else ""))
+    log(f"  {label}: rc={r['rc']} wall={r['wall']}s" + (f" inner={res['inner_seconds']}s" if inner else ""))
     if not args.keep_outputs:
         shutil.rmtree(out, ignore_errors=True)
     return res
@@ -371,44 +440,47 @@ def ratios(results: list[dict]) -> dict:
 
     ``wall``: both wall times (medanon's includes Python + Prefect start-up); ``flow``: medanon's
     flow "seconds" against the tool's wall time."""
-    by = {r["tool"]: r for r in results if r["status"] in ("ok", "incomplete")}
-    m = by.get("medanon")
+    by = {r["tool"]: r for r in results if r["status"] in ("ok", "incomplete") and r["tool"] != "medanon"}
     out = {}
-    if not m:
-        return out
-    for other in ("dicognito", "deid", "pydicom", "cp"):
-        o = by.get(other)
-        if not o or not o.get("wall"):
+    for m in results:
+        if m["tool"] != "medanon" or m["status"] not in ("ok", "incomplete"):
             continue
-        out[f"medanon/{other}"] = {
-            "wall": round(m["wall"] / o["wall"], 2),
-            "flow": round(m["inner_seconds"] / o["wall"], 2) if m.get("inner_seconds") else None,
-        }
+        for other in ("dicognito", "deid", "pydicom", "cp"):
+            o = by.get(other)
+            if not o or not o.get("wall"):
+                continue
+            out.setdefault(m["label"], {})[other] = {
+                "wall": round(m["wall"] / o["wall"], 2),
+                "flow": round(m["inner_seconds"] / o["wall"], 2) if m.get("inner_seconds") else None,
+            }
     return out
 
 
 def table(report: dict) -> str:
-    rows = ["| tool | status | wall s | own s | files out | files/s (wall) | files/s (own) "
-            "| medanon time ÷ tool time (wall / flow) |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     rat = report.get("ratios", {})
+    labels = list(rat)
+    rows = ["| tool | status | wall s | own s | files out | files/s (wall) | files/s (own) |"
+            + "".join(f" {lab} ÷ tool, files/s (wall / flow) |" for lab in labels),
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(labels)]
     for r in report["results"]:
         if r["status"] == "skipped":
-            rows.append(f"| {r['tool']} | skipped ({r['reason']}) | | | | | | |")
+            rows.append(f"| {r['label']} | skipped ({r['reason']}) | | | | | |" + " |" * len(labels))
             continue
-        ratio = rat.get(f"medanon/{r['tool']}")
-        rtxt = ""
-        if ratio:
-            rtxt = f"{ratio['wall']:g}× / {ratio['flow']:g}×" if ratio["flow"] is not None else f"{ratio['wall']:g}×"
+        cells = []
+        for lab in labels:
+            ratio = rat[lab].get(r["tool"]) if r["tool"] != "medanon" else None
+            # time ratios inverted: medanon files/s ÷ tool files/s (> 1: medanon is faster)
+            cells.append(f"{1 / ratio['wall']:.2f}× / {1 / ratio['flow']:.2f}×" if ratio and ratio["flow"]
+                         else f"{1 / ratio['wall']:.2f}×" if ratio else "")
         own = r.get("inner_seconds")
-        rows.append(f"| {r['tool']} | {r['status']} | {r['wall']:.2f} | {own if own is not None else ''} | "
-                    f"{r['files_out']} | {r['files_per_s']} | {r.get('inner_files_per_s') or ''} | {rtxt} |")
+        rows.append(f"| {r['label']} | {r['status']} | {r['wall']:.2f} | {own if own is not None else ''} | "
+                    f"{r['files_out']} | {r['files_per_s']} | {r.get('inner_files_per_s') or ''} |"
+                    + "".join(f" {c} |" for c in cells))
     lines = [f"N = {report['n']} instances ({report['archive']['bytes'] / 2**20:.0f} MiB, "
              f"{report['archive']['patients']} patients), archive built in {report['archive']['seconds']} s", ""]
     lines += rows
-    m = next((r for r in report["results"] if r["tool"] == "medanon" and r["status"] != "skipped"), None)
-    if m:
-        lines += ["", f"medanon: flow {m.get('inner_seconds')} s of {m['wall']} s wall "
+    for m in (r for r in report["results"] if r["tool"] == "medanon" and r["status"] != "skipped"):
+        lines += ["", f"{m['label']}: flow {m.get('inner_seconds')} s of {m['wall']} s wall "
                       f"(start-up/teardown {m['wall'] - (m.get('inner_seconds') or 0):.1f} s); "
                       f"CPU user {m['user_cpu']} s + sys {m['sys_cpu']} s; "
                       f"peak RSS main process {m.get('peak_rss_main_mb')} MB, process tree "
@@ -429,7 +501,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the report as one JSON line on stdout "
                                                         "(the table goes to stderr)")
     ap.add_argument("--key", default="bench-key-not-secret", help="MEDANON_KEY for the medanon run")
-    ap.add_argument("--medanon-args", default="", help="extra arguments for `medanon run` (e.g. '--layout series')")
+    ap.add_argument("--medanon-args", default="", help="extra arguments for every `medanon run` (e.g. '--layout series')")
+    ap.add_argument("--medanon-runs", default="embedded",
+                    help="';'-separated medanon runs, each 'embedded' (Prefect's ephemeral server, started and "
+                         "stopped within the timed command) or 'server' (a Prefect server started untimed before "
+                         "the runs) followed by extra `medanon run` arguments; e.g. 'embedded;server;server --workers 2'")
+    ap.add_argument("--no-warm-up", dest="warm_up", action="store_false",
+                    help="skip the untimed copy that touches the memory the outputs will use before the first tool")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (archive, outputs, logs)")
     ap.add_argument("--keep-outputs", action="store_true", help="keep each tool's output folder")
     args = ap.parse_args(argv)
@@ -450,8 +528,25 @@ def main(argv: list[str] | None = None) -> int:
         log(f"building archive of {args.n} instances in {src} ...")
         archive = build_archive(src, args.n)
         log(f"  done in {archive['seconds']} s ({archive['bytes'] / 2**20:.0f} MiB)")
-        results = [run_tool(t, src, work, args.n, args) for t in tools]
+        if args.warm_up:
+            # On a VM, the first write into never-used guest memory is several times slower than any
+            # later one; without this, whichever tool runs first pays for it (untimed, once).
+            log("warm-up: copying the archive once and deleting the copy (untimed) ...")
+            subprocess.run(["cp", "-r", str(src), str(work / "warm-up")], check=True)
+            shutil.rmtree(work / "warm-up")
+        runs = parse_runs(args.medanon_runs)
+        results = []
+        with contextlib.ExitStack() as stack:
+            server = None
+            if "medanon" in tools and any(api == "server" for api, _ in runs):
+                server = stack.enter_context(PrefectServer(work))
+            for t in tools:
+                if t == "medanon":
+                    results += [run_tool(t, src, work, args.n, args, api, extra, server) for api, extra in runs]
+                else:
+                    results.append(run_tool(t, src, work, args.n, args))
         report = {"n": args.n, "mode": "memory" if args.memory else "speed", "workdir": str(work),
+                  "medanon_runs": args.medanon_runs, "warm_up": args.warm_up,
                   "archive": archive, "results": results, "ratios": ratios(results), "machine": machine_facts()}
         text = table(report)
         if args.json:
