@@ -44,9 +44,6 @@ class Deidentified:
     chunks: Callable[[], Iterator[bytes]] | None  # or a re-playable stream (large instances)
 
 
-_element_end = rawsplit.element_end
-
-
 LONG_VR_NAMES = {v.decode() for v in rawsplit.LONG_VRS}
 
 
@@ -73,33 +70,18 @@ def _encode_header(ds, as_read: dict | None = None) -> bytes:
     fp.is_implicit_VR, fp.is_little_endian = implicit, little
     e = "<" if little else ">"
     encodings = convert_encodings(ds.get("SpecificCharacterSet", default_encoding) or default_encoding)
-    pack = struct.pack
     tags = sorted(ds._dict.keys() | as_read.keys()) if as_read else sorted(ds._dict)
     for tag in tags:
         elem = ds.get_item(tag)
-        if elem is None:  # kept as read, never parsed
+        if elem is None:  # kept as read, never parsed (a short VR's length was read from 16 bits)
             vr, value = as_read[tag]
-            fp.write(pack(e + "HH", tag >> 16, tag & 0xFFFF))
-            if implicit:
-                fp.write(pack(e + "I", len(value)))
-            elif vr in LONG_VR_NAMES:
-                fp.write(vr.encode() + b"\x00\x00" + pack(e + "I", len(value)))
-            else:
-                fp.write(vr.encode() + pack(e + "H", len(value)))
-            fp.write(value)
+            fp.write(_element_bytes(tag, vr, value, implicit, e))
         elif getattr(elem, "is_raw", False) and elem.length != 0xFFFFFFFF and (implicit or elem.VR):
-            value = elem.value or b""
-            fp.write(pack(e + "HH", tag >> 16, tag & 0xFFFF))
-            if implicit:
-                fp.write(pack(e + "I", len(value)))
-            elif elem.VR in LONG_VR_NAMES:
-                fp.write(elem.VR.encode() + b"\x00\x00" + pack(e + "I", len(value)))
-            elif len(value) <= 0xFFFF:
-                fp.write(elem.VR.encode() + pack(e + "H", len(value)))
-            else:  # cannot happen in a valid file; let pydicom decide
+            raw = _element_bytes(tag, elem.VR, elem.value or b"", implicit, e)
+            if raw is None:  # cannot happen in a valid file; let pydicom decide
                 write_data_element(fp, ds[tag], encodings)
-                continue
-            fp.write(value)
+            else:
+                fp.write(raw)
         elif tag == METHOD_CODE_SEQUENCE:  # the same few codes in every instance: encode once
             key = (implicit, little, tuple(str(item.get("CodeValue", "")) for item in elem.value))
             cached = _CONSTANT_ELEMENTS.get(key)
@@ -112,6 +94,19 @@ def _encode_header(ds, as_read: dict | None = None) -> bytes:
         else:
             write_data_element(fp, ds[tag] if getattr(elem, "is_raw", False) else elem, encodings)
     return fp.getvalue()
+
+
+def _element_bytes(tag: int, vr: str | None, value: bytes, implicit: bool, e: str) -> bytes | None:
+    """Tag, VR and length header plus value, as pydicom writes a raw element; None when a
+    short-VR value is too long for its 16-bit length."""
+    head = struct.pack(e + "HH", tag >> 16, tag & 0xFFFF)
+    if implicit:
+        return head + struct.pack(e + "I", len(value)) + value
+    if vr in LONG_VR_NAMES:
+        return head + vr.encode() + b"\x00\x00" + struct.pack(e + "I", len(value)) + value
+    if len(value) <= 0xFFFF:
+        return head + vr.encode() + struct.pack(e + "H", len(value)) + value
+    return None
 
 
 def _needs_save_as(ds) -> bool:
@@ -153,12 +148,7 @@ def _encode_meta(meta) -> bytes:
             raw = str(value).encode("ascii", "replace")
         if len(raw) % 2:
             raw += _META_VR_PAD.get(vr, b" ")
-        body.write(struct.pack("<HH", tag >> 16, tag & 0xFFFF))
-        if vr in LONG_VR_NAMES:
-            body.write(vr.encode() + b"\x00\x00" + struct.pack("<I", len(raw)))
-        else:
-            body.write(vr.encode() + struct.pack("<H", len(raw)))
-        body.write(raw)
+        body.write(_element_bytes(tag, vr, raw, False, "<"))
     data = body.getvalue()
     return struct.pack("<HH", 0x0002, 0x0000) + b"UL" + struct.pack("<HI", 4, len(data)) + data
 
@@ -186,7 +176,7 @@ def deidentify_file(fh: BinaryIO, size: int, scrub: Callable,
     deflated = meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
     end = None
     if start < size and implicit is not None and not deflated:
-        end = _element_end(fh, start, size, little, implicit)
+        end = rawsplit.element_end(fh, start, size, little, implicit)
     if end != size:  # pixel data not last, or no pixel data and more elements: full path
         return _full(fh, size, scrub, raw) if start < size else _header_only(ds, scrub)
     scrub(ds)
@@ -217,10 +207,12 @@ def deidentify_file(fh: BinaryIO, size: int, scrub: Callable,
 def _split_path(fh: io.BytesIO, size: int, scrub: Callable, keeps_as_read: Callable) -> Deidentified | None:
     """Parse only the elements the scrubber needs; None when the file is not a plain case."""
     buf = fh.getvalue()
-    sp = rawsplit.split(buf)
-    if sp is None or sp.pixel_start is None or len(buf) != size:
+    if len(buf) != size:
         return None
-    if _element_end(fh, sp.pixel_start, size, True, sp.implicit) != size:
+    sp = rawsplit.split(buf)
+    if sp is None or sp.pixel_start is None:
+        return None
+    if rawsplit.element_end(fh, sp.pixel_start, size, True, sp.implicit) != size:
         return None
     as_read: dict = {}
     parse = [buf[:sp.dataset_start]]

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import BinaryIO
 
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+
 PIXEL_TAGS = frozenset((0x7FE00008, 0x7FE00009, 0x7FE00010))
 LONG_VRS = frozenset((b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR", b"SV", b"UV"))
 VALID_VRS = LONG_VRS | frozenset((b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO",
                                   b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"))
-IMPLICIT_LE = "1.2.840.10008.1.2"
-NOT_EXPLICIT_LE = frozenset(("1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"))
+NOT_EXPLICIT_LE = frozenset((ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian))
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _unpack_hh = struct.Struct("<HH").unpack_from
@@ -59,21 +60,15 @@ def _meta_end(buf: bytes) -> tuple[int, str] | None:
         return None
     pos, tsyntax = 132, None
     while pos + 8 <= n:
-        group, elem = _unpack_hh(buf, pos)
-        if group != 0x0002:
+        if _unpack_h(buf, pos)[0] != 0x0002:  # the dataset may be implicit VR: stop before reading a VR
             break
-        vr = buf[pos + 4:pos + 6]
-        if vr in LONG_VRS:
-            (length,) = _unpack_i(buf, pos + 8)
-            start = pos + 12
-        elif vr in VALID_VRS:
-            (length,) = _unpack_h(buf, pos + 6)
-            start = pos + 8
-        else:
+        head = _header(buf, pos, False)  # the file meta is always explicit VR little endian
+        if head is None:
             return None
+        tag, _vr, start, length = head
         if length == UNDEFINED or start + length > n:
             return None
-        if elem == 0x0010:
+        if tag == 0x00020010:
             tsyntax = buf[start:start + length].rstrip(b"\x00 ").decode("ascii", "replace")
         pos = start + length
     if tsyntax is None:
@@ -153,7 +148,7 @@ def split(buf: bytes) -> Split | None:
     if meta is None:
         return None
     pos, tsyntax = meta
-    if tsyntax == IMPLICIT_LE:
+    if tsyntax == ImplicitVRLittleEndian:
         implicit = True
     elif tsyntax in NOT_EXPLICIT_LE:  # big endian or deflated
         return None
