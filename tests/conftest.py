@@ -67,6 +67,27 @@ def source_instances(root: Path) -> dict[str, pydicom.Dataset]:
     return out
 
 
+def exported_pairs(sources: dict, outputs: dict, pseudo) -> list[tuple]:
+    """(source dataset, where, output dataset) for every output, found by the keyed pseudonym of
+    its source's SOP Instance UID. Checks each pair: pixel data bit-exact, transfer syntax kept,
+    marked de-identified; and that every output has a source and at least 12 carry pixel data."""
+    pairs, pixel_checked = [], 0
+    for ds in sources.values():
+        new_uid = pseudo.uid(str(ds.SOPInstanceUID))
+        if new_uid not in outputs:
+            continue
+        where, new = outputs[new_uid]
+        if "PixelData" in ds:
+            assert new.PixelData == ds.PixelData
+            pixel_checked += 1
+        if "TransferSyntaxUID" in ds.file_meta:
+            assert new.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+        assert new.PatientIdentityRemoved == "YES"
+        pairs.append((ds, where, new))
+    assert len(pairs) == len(outputs) and pixel_checked >= 12
+    return pairs
+
+
 def phi_needles(sources: dict) -> list[bytes]:
     strings = set(PLANTED_PHI)
     for ds in sources.values():
