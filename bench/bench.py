@@ -277,53 +277,6 @@ def child_env(extra: dict | None = None) -> dict:
     return env
 
 
-class PrefectServer:
-    """A Prefect API server on 127.0.0.1, started before the timed runs (as a hospital's would be
-    running already) and stopped after them."""
-
-    def __init__(self, work: Path):
-        self.home = work / "prefect-server-home"
-        self.proc = None
-        self.url = None
-
-    def __enter__(self):
-        import socket
-        import urllib.request
-
-        self.home.mkdir(parents=True, exist_ok=True)
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        exe = Path(sys.executable).with_name("prefect")
-        env = child_env({"PREFECT_HOME": str(self.home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                         "PREFECT_UI_ENABLED": "false"})
-        self.proc = subprocess.Popen([str(exe), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
-        self.url = f"http://127.0.0.1:{port}/api"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        log(f"Prefect server up at {self.url} (untimed)")
-                        return self
-            except OSError:
-                time.sleep(0.5)
-        self.__exit__()
-        raise RuntimeError("the Prefect server did not start")
-
-    def __exit__(self, *exc):
-        import signal
-
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-
-
 def parse_runs(spec: str) -> list[tuple[str, list[str]]]:
     """'embedded;server --workers 2' -> [('embedded', []), ('server', ['--workers', '2'])]."""
     runs = []
@@ -342,7 +295,7 @@ def run_label(api: str, extra: list[str]) -> str:
 
 
 def run_tool(tool: str, src: Path, work: Path, n: int, args, api: str = "embedded", extra=(),
-             server: PrefectServer | None = None) -> dict:
+             server_url: str | None = None) -> dict:
     why = available(tool)
     label = run_label(api, list(extra)) if tool == "medanon" else tool
     if why:
@@ -360,7 +313,7 @@ def run_tool(tool: str, src: Path, work: Path, n: int, args, api: str = "embedde
         env = child_env({"MEDANON_KEY": args.key, "PREFECT_HOME": str(home),
                          "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
         if api == "server":
-            env["PREFECT_API_URL"] = server.url
+            env["PREFECT_API_URL"] = server_url
         cmd = medanon_cmd() + ["run", str(src), str(out), "--json", "--state-dir", str(state)]
         cmd += shlex.split(args.medanon_args) + list(extra)
     elif tool == "cp":
@@ -537,12 +490,18 @@ def main(argv: list[str] | None = None) -> int:
         runs = parse_runs(args.medanon_runs)
         results = []
         with contextlib.ExitStack() as stack:
-            server = None
+            server_url = None
             if "medanon" in tools and any(api == "server" for api, _ in runs):
-                server = stack.enter_context(PrefectServer(work))
+                # started before the timed runs, as a hospital's server would already be running
+                from medanon.localserver import prefect_server
+
+                home = work / "prefect-server-home"
+                home.mkdir()
+                server_url = stack.enter_context(prefect_server(home))
+                log(f"Prefect server up at {server_url} (untimed)")
             for t in tools:
                 if t == "medanon":
-                    results += [run_tool(t, src, work, args.n, args, api, extra, server) for api, extra in runs]
+                    results += [run_tool(t, src, work, args.n, args, api, extra, server_url) for api, extra in runs]
                 else:
                     results.append(run_tool(t, src, work, args.n, args))
         report = {"n": args.n, "mode": "memory" if args.memory else "speed", "workdir": str(work),

@@ -12,8 +12,9 @@ import time
 
 import pytest
 
+from medanon.localserver import prefect_server, stop_group
 from medanon.samples import build_series_archive
-from conftest import ROOT, TEST_KEY, prefect_server, run_json, stop_group
+from conftest import ROOT, TEST_KEY, run_json
 
 
 @pytest.fixture(scope="module")

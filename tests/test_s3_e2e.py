@@ -21,8 +21,9 @@ import pytest
 from botocore.config import Config
 
 from medanon.keys import Pseudonymizer
+from medanon.localserver import prefect_server
 from medanon.samples import build_sample_archive, build_series_archive
-from conftest import ROOT, TEST_KEY, exported_pairs, phi_needles, prefect_server, run_cli, run_json, source_instances
+from conftest import ROOT, TEST_KEY, exported_pairs, phi_needles, run_cli, run_json, source_instances
 
 try:
     from tests.s3server import DUMMY_ENV, SCRUB_ENV, MotoS3Server
