@@ -177,18 +177,9 @@ def _inspect_split(fh, size: int, base: dict) -> Inspected | None:
 
     fh.seek(0)
     buf = fh.read(min(size, SPLIT_HEAD))
-    sp = rawsplit.split(buf)
-    if sp is None or sp.pixel_start is None:
-        return None
-    if rawsplit.element_end(fh, sp.pixel_start, size, True, sp.implicit) != size:
-        return None  # truncated pixel data or elements after it: the general path decides
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(io.BytesIO(rawsplit.reduced(buf, sp, lambda e: e[0] in INSPECT_TAGS)),
-                             stop_before_pixels=True)
-    if ds.original_encoding != (sp.implicit, True):
-        return None
-    return classify(ds, base, size, 0, has_pixels=True)
+    sp = rawsplit.plain_split(fh, buf, size)
+    ds = None if sp is None else rawsplit.read_reduced(buf, sp, lambda e: e[0] in INSPECT_TAGS)
+    return None if ds is None else classify(ds, base, size, 0, has_pixels=True)
 
 
 def classify(ds, base: dict, size: int, end: int, has_pixels: bool | None = None) -> Inspected:

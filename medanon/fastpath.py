@@ -209,25 +209,18 @@ def _split_path(fh: io.BytesIO, size: int, scrub: Callable, keeps_as_read: Calla
     buf = fh.getvalue()
     if len(buf) != size:
         return None
-    sp = rawsplit.split(buf)
-    if sp is None or sp.pixel_start is None:
+    sp = rawsplit.plain_split(fh, buf, size)
+    if sp is None:
         return None
-    if rawsplit.element_end(fh, sp.pixel_start, size, True, sp.implicit) != size:
+
+    def kept(e) -> bool:
+        return e[4] >= 0 and keeps_as_read(e[0], e[1])  # e: (tag, vr, start, value_start, length, end)
+
+    as_read = {e[0]: (e[1], buf[e[3]:e[5]]) for e in sp.elements if kept(e)}
+    ds = rawsplit.read_reduced(buf, sp, lambda e: not kept(e))
+    if ds is None or _needs_save_as(ds):
         return None
-    as_read: dict = {}
-    parse = [buf[:sp.dataset_start]]
-    for tag, vr, start, value_start, length, end in sp.elements:
-        if length >= 0 and keeps_as_read(tag, vr):
-            as_read[tag] = (vr, buf[value_start:end])
-        else:
-            as_read.pop(tag, None)  # a repeated tag: the last one read wins, as in pydicom
-            parse.append(buf[start:end])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(io.BytesIO(b"".join(parse)), stop_before_pixels=True)
-    if _needs_save_as(ds) or ds.original_encoding != (sp.implicit, True):
-        return None
-    for tag in ds._dict.keys() & as_read.keys():
+    for tag in ds._dict.keys() & as_read.keys():  # a repeated tag, parsed once: the parsed one is written
         del as_read[tag]
     scrub(ds)
     data = _encode_header(ds, as_read) + buf[sp.pixel_start:]

@@ -14,7 +14,9 @@ never decides what a malformed file means.
 
 from __future__ import annotations
 
+import io
 import struct
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import BinaryIO
@@ -213,6 +215,28 @@ def element_end(fh: BinaryIO, start: int, size: int, little: bool, implicit: boo
             return None
         pos += 8 + ln
     return None
+
+
+def plain_split(fh: BinaryIO, buf: bytes, size: int) -> Split | None:
+    """``split(buf)`` (``buf`` holding at least the header of the file open as ``fh``) when the
+    pixel data element is the last element of the file and ends at ``size``; else None."""
+    sp = split(buf)
+    if sp is None or sp.pixel_start is None:
+        return None
+    if element_end(fh, sp.pixel_start, size, True, sp.implicit) != size:
+        return None  # truncated pixel data or elements after it: the caller's general path decides
+    return sp
+
+
+def read_reduced(buf: bytes, sp: Split, keep):
+    """pydicom's dataset of ``reduced(buf, sp, keep)`` (without pixel data); None when pydicom
+    reads its encoding differently from the split."""
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(io.BytesIO(reduced(buf, sp, keep)), stop_before_pixels=True)
+    return ds if ds.original_encoding == (sp.implicit, True) else None
 
 
 def reduced(buf: bytes, sp: Split, keep) -> bytes:
