@@ -143,3 +143,51 @@ def test_split_refuses_what_it_does_not_handle():
     sp = rawsplit.split(ct)
     assert sp is not None and sp.pixel_start is not None
     assert rawsplit.split(ct[:sp.elements[10][3] + 2]) is None  # truncated inside an element
+
+
+# --------------------------------------------------------------------------- discovery's split path
+
+def _inspect_both(path, monkeypatch):
+    from medanon import discover
+    from medanon.storage import SourceEntry, open_source
+
+    source = open_source(str(path.parent))
+    entry = SourceEntry(path.name, path.stat().st_size, "t")
+    fast = discover.inspect_entry(source, entry)
+    with monkeypatch.context() as m:
+        m.setattr(discover, "_inspect_split", lambda *a, **k: None)
+        full = discover.inspect_entry(source, entry)
+    return fast, full
+
+
+@pytest.mark.parametrize("name", sorted(set(FILES) | set(SPLIT_FILES)))
+def test_inspect_split_classifies_like_the_full_header_read(name, monkeypatch):
+    from pathlib import Path
+
+    fast, full = _inspect_both(Path(data_file(name)), monkeypatch)
+    assert fast == full
+
+
+def test_inspect_split_on_the_sample_archive(tmp_path, monkeypatch):
+    """Same classification (kind, reason, identity fields, burned-in header) for every file of the
+    planted-PHI sample archive, truncated and non-DICOM files included."""
+    from medanon.samples import build_sample_archive
+
+    build_sample_archive(tmp_path / "s")
+    files = [p for p in sorted((tmp_path / "s").rglob("*")) if p.is_file()]
+    kinds = set()
+    for path in files:
+        fast, full = _inspect_both(path, monkeypatch)
+        assert fast == full, path.name
+        kinds.add((fast.kind, fast.reason))
+    assert ("dicom", "") in kinds and ("quarantine", "truncated") in kinds
+
+
+@pytest.mark.parametrize("name", SPLIT_FILES)
+def test_inspect_split_is_taken_for_plain_files(name):
+    from medanon import discover
+
+    size = os.path.getsize(data_file(name))
+    with open(data_file(name), "rb") as fh:
+        got = discover._inspect_split(fh, size, dict(relpath=name, size=size, token="t"))
+    assert got is not None and got.kind == "dicom" and got.sop_uid
