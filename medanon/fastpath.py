@@ -42,23 +42,31 @@ class Deidentified:
     sha256: str
     data: bytes | None  # whole file in memory (small instances)
     chunks: Callable[[], Iterator[bytes]] | None  # or a re-playable stream (large instances)
+    # the de-identified values the manifest row reads (keyword -> str); from ``ds`` when None
+    fields: dict | None = None
+
+    def field(self, keyword: str) -> str:
+        if self.fields is not None and keyword in self.fields:
+            return self.fields[keyword]
+        return str(self.ds.get(keyword, ""))
 
 
 LONG_VR_NAMES = {v.decode() for v in rawsplit.LONG_VRS}
 
 
-def _encode_header(ds, as_read: dict | None = None) -> bytes:
+def _encode_header(ds, encoded: dict | None = None, spans: dict | None = None) -> bytes:
     """Encode a Part 10 file (without pixel data when read with stop_before_pixels).
 
     Elements still raw (never converted: kept as read) are copied with their original
     value bytes; only the elements the scrubber touched go through pydicom's encoders.
     The result is what ``save_as`` writes, minus most of its per-element overhead.
 
-    ``as_read`` maps tag -> (VR, value bytes) of elements the scrubber never saw (the split
-    path): they are written in tag order among the dataset's own elements, exactly as a
-    raw element of the dataset would be."""
+    ``encoded`` maps tag -> the whole element's bytes (header and value) of elements that are
+    not in the dataset (the split path: kept as read, or known from an earlier instance); they
+    are written in tag order among the dataset's own elements. ``spans``, when given, receives
+    tag -> (start, end) of every element written from the dataset."""
     if _needs_save_as(ds):
-        assert not as_read, "the split path is only taken where the header is encoded here"
+        assert not encoded, "the split path is only taken where the header is encoded here"
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
         return buf.getvalue()
@@ -70,13 +78,14 @@ def _encode_header(ds, as_read: dict | None = None) -> bytes:
     fp.is_implicit_VR, fp.is_little_endian = implicit, little
     e = "<" if little else ">"
     encodings = convert_encodings(ds.get("SpecificCharacterSet", default_encoding) or default_encoding)
-    tags = sorted(ds._dict.keys() | as_read.keys()) if as_read else sorted(ds._dict)
+    tags = sorted(ds._dict.keys() | encoded.keys()) if encoded else sorted(ds._dict)
     for tag in tags:
         elem = ds.get_item(tag)
-        if elem is None:  # kept as read, never parsed (a short VR's length was read from 16 bits)
-            vr, value = as_read[tag]
-            fp.write(_element_bytes(tag, vr, value, implicit, e))
-        elif getattr(elem, "is_raw", False) and elem.length != 0xFFFFFFFF and (implicit or elem.VR):
+        if elem is None:  # not in the dataset: its bytes are given
+            fp.write(encoded[tag])
+            continue
+        start = fp.tell()
+        if getattr(elem, "is_raw", False) and elem.length != 0xFFFFFFFF and (implicit or elem.VR):
             raw = _element_bytes(tag, elem.VR, elem.value or b"", implicit, e)
             if raw is None:  # cannot happen in a valid file; let pydicom decide
                 write_data_element(fp, ds[tag], encodings)
@@ -93,6 +102,8 @@ def _encode_header(ds, as_read: dict | None = None) -> bytes:
             fp.write(cached)
         else:
             write_data_element(fp, ds[tag] if getattr(elem, "is_raw", False) else elem, encodings)
+        if spans is not None:
+            spans[tag] = (start, fp.tell())
     return fp.getvalue()
 
 
@@ -154,14 +165,17 @@ def _encode_meta(meta) -> bytes:
 
 
 def deidentify_file(fh: BinaryIO, size: int, scrub: Callable,
-                    keeps_as_read: Callable[[int, str | None], bool] | None = None) -> Deidentified:
-    """``scrub(ds)`` de-identifies a dataset in place and prepares its file meta.
+                    keeps_as_read: Callable[[int, str | None], bool] | None = None,
+                    memo: ElementMemo | None = None) -> Deidentified:
+    """``scrub(ds, ctx=None)`` de-identifies a dataset in place (with the instance's scrub
+    context when known), prepares its file meta and returns the context.
 
     With ``keeps_as_read(tag, vr)`` (the scrubber's) and an instance held in memory, the
     elements it accepts are copied as read and only the others are parsed and scrubbed
-    (the split path); the output is the same bytes either way."""
+    (the split path), and with a ``memo`` elements already scrubbed in the same context are
+    not scrubbed again; the output is the same bytes either way."""
     if keeps_as_read is not None and isinstance(fh, io.BytesIO):
-        out = _split_path(fh, size, scrub, keeps_as_read)
+        out = _split_path(fh, size, scrub, keeps_as_read, memo)
         if out is not None:
             return out
         fh.seek(0)
@@ -204,7 +218,67 @@ def deidentify_file(fh: BinaryIO, size: int, scrub: Callable,
     return Deidentified(ds, total, sha.hexdigest(), None, chunks)
 
 
-def _split_path(fh: io.BytesIO, size: int, scrub: Callable, keeps_as_read: Callable) -> Deidentified | None:
+class ElementMemo:
+    """Encoded output of top-level elements already scrubbed, by context and input bytes.
+
+    The instances of a series repeat most of their header: descriptions, dates, physicians,
+    the study and series UIDs. The first instance with a given element goes through pydicom
+    and the scrubber; a later one whose element has the same bytes *in the same context* reuses
+    that output instead of parsing, scrubbing and encoding it again.
+
+    The context is everything outside an element that its output can depend on: the transfer
+    syntax, and the bytes of every element the scrubber's context reads (``context_tags``:
+    patient and study identity, the identifiers free text is cleaned of), of the character
+    set, and of the pixel description elements pydicom resolves ambiguous VRs with. Elements the
+    scrubber treats apart (``never``: written by the de-identification mark, read for the file
+    meta) and private elements (their handling reads their creator) are always parsed.
+
+    One memo serves one scrubber (one profile and key), typically for one batch."""
+
+    FIELD_TAGS = {0x00100020: "PatientID", 0x0020000D: "StudyInstanceUID", 0x0020000E: "SeriesInstanceUID",
+                  0x00080060: "Modality"}
+    ALWAYS_PARSED = frozenset((0x00080016, 0x00080018))  # SOP class and instance: the file meta reads them
+
+    def __init__(self, context_for: Callable, context_tags, never=(), limit: int = 50_000):
+        self.context_for = context_for
+        self.fingerprint_tags = frozenset(context_tags) | {0x00080005, 0x00280100, 0x00280103}
+        self.never = frozenset(never) | self.ALWAYS_PARSED
+        self.limit = limit
+        self._contexts: dict = {}  # fingerprint -> (context id, ScrubContext)
+        self._elements: dict = {}  # (context id, whole element bytes) -> (output bytes or None, field value)
+        self.hits = self.misses = 0
+
+    def eligible(self, tag: int) -> bool:
+        group = tag >> 16
+        return not (group & 1 or group in (0x0000, 0x0002, 0xFFFE) or tag & 0xFFFF == 0 or tag in self.never)
+
+    def context(self, fingerprint: tuple):
+        """(context id, ScrubContext or None when it must still be read from the dataset)."""
+        found = self._contexts.get(fingerprint)
+        if found is None:
+            if len(self._contexts) >= 1024:
+                self.clear()
+            found = self._contexts[fingerprint] = (len(self._contexts), None)
+        return found
+
+    def set_context(self, fingerprint: tuple, ctx) -> None:
+        self._contexts[fingerprint] = (self._contexts[fingerprint][0], ctx)
+
+    def get(self, key):
+        return self._elements.get(key)
+
+    def put(self, key, value) -> None:
+        if len(self._elements) >= self.limit:
+            self._elements.clear()
+        self._elements[key] = value
+
+    def clear(self) -> None:
+        self._contexts.clear()
+        self._elements.clear()
+
+
+def _split_path(fh: io.BytesIO, size: int, scrub: Callable, keeps_as_read: Callable,
+                memo: ElementMemo | None = None) -> Deidentified | None:
     """Parse only the elements the scrubber needs; None when the file is not a plain case."""
     buf = fh.getvalue()
     if len(buf) != size:
@@ -212,19 +286,51 @@ def _split_path(fh: io.BytesIO, size: int, scrub: Callable, keeps_as_read: Calla
     sp = rawsplit.plain_split(fh, buf, size)
     if sp is None:
         return None
-
-    def kept(e) -> bool:
-        return e[4] >= 0 and keeps_as_read(e[0], e[1])  # e: (tag, vr, start, value_start, length, end)
-
-    as_read = {e[0]: (e[1], buf[e[3]:e[5]]) for e in sp.elements if kept(e)}
-    ds = rawsplit.read_reduced(buf, sp, lambda e: not kept(e))
+    encoded, hits, misses, parse = {}, {}, {}, set()
+    cid = ctx = fingerprint = None
+    if memo is not None and len({e[0] for e in sp.elements}) == len(sp.elements):  # no repeated tag
+        fingerprint = (sp.implicit,) + tuple(buf[e[2]:e[5]] for e in sp.elements if e[0] in memo.fingerprint_tags)
+        cid, ctx = memo.context(fingerprint)
+    for e in sp.elements:  # e: (tag, vr, start, value_start, length, end)
+        tag = e[0]
+        if e[4] >= 0 and keeps_as_read(tag, e[1]):
+            encoded[tag] = buf[e[2]:e[5]]
+        elif cid is not None and memo.eligible(tag):
+            key = (cid, buf[e[2]:e[5]])
+            hit = memo.get(key)
+            if hit is None:
+                misses[tag] = key
+                parse.add(e[2])
+            else:
+                hits[tag] = hit
+        else:
+            parse.add(e[2])
+    ds = rawsplit.read_reduced(buf, sp, lambda e: e[2] in parse)
     if ds is None or _needs_save_as(ds):
         return None
-    for tag in ds._dict.keys() & as_read.keys():  # a repeated tag, parsed once: the parsed one is written
-        del as_read[tag]
-    scrub(ds)
-    data = _encode_header(ds, as_read) + buf[sp.pixel_start:]
-    return Deidentified(ds, len(data), hashlib.sha256(data).hexdigest(), data, None)
+    for tag in ds._dict.keys() & encoded.keys():  # a repeated tag, parsed once: the parsed one is written
+        del encoded[tag]
+    ctx = scrub(ds, ctx)
+    if fingerprint is not None:
+        memo.hits += len(hits)
+        memo.misses += len(misses)
+        if memo.context(fingerprint)[1] is None:
+            memo.set_context(fingerprint, ctx)
+    for tag, (out, _field) in hits.items():
+        if out is not None:
+            encoded[tag] = out
+    spans: dict | None = {} if misses else None
+    header = _encode_header(ds, encoded, spans)
+    fields = None
+    if memo is not None:
+        for tag, key in misses.items():
+            span = spans.get(tag)
+            value = str(ds[tag].value) if tag in memo.FIELD_TAGS and span is not None else None
+            memo.put(key, (header[span[0]:span[1]] if span is not None else None, value))
+        fields = {memo.FIELD_TAGS[tag]: (hit[1] or "") for tag, hit in hits.items() if tag in memo.FIELD_TAGS
+                  and hit[0] is not None}
+    data = header + buf[sp.pixel_start:]
+    return Deidentified(ds, len(data), hashlib.sha256(data).hexdigest(), data, None, fields)
 
 
 def _header_only(ds, scrub) -> Deidentified:

@@ -138,9 +138,11 @@ def _ensure_file_meta(ds) -> None:
             setattr(meta, meta_kw, ds[kw].value)
 
 
-def prepare(ds, scrubber):
-    """Scrub a dataset in place and give it a clean Part 10 file meta and preamble."""
-    ctx = scrubber.scrub(ds)
+def prepare(ds, scrubber, ctx=None):
+    """Scrub a dataset in place and give it a clean Part 10 file meta and preamble.
+
+    ``ctx``: the instance's ScrubContext when already known (else read from ``ds``)."""
+    ctx = scrubber.scrub(ds, ctx)
     _ensure_file_meta(ds)
     ds.preamble = b"\x00" * 128  # the preamble may hold anything (TIFF headers, vendor data)
     return ctx
@@ -154,19 +156,19 @@ def deidentify_bytes(ds, scrubber) -> tuple[bytes, object]:
     return buf.getvalue(), ctx
 
 
-def manifest_info(ds, relpath: str, sha256: str, size: int) -> dict:
+def manifest_info(out: fastpath.Deidentified, relpath: str) -> dict:
     """A PHI-free manifest row of an exported (already de-identified) instance."""
     return {
         "path": relpath,
-        "patient_id": str(ds.get("PatientID", "")),
-        "study_instance_uid": str(ds.get("StudyInstanceUID", "")),
-        "series_instance_uid": str(ds.get("SeriesInstanceUID", "")),
-        "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
-        "sop_class_uid": str(ds.get("SOPClassUID", "")),
-        "modality": str(ds.get("Modality", "")),
-        "transfer_syntax_uid": str(ds.file_meta.get("TransferSyntaxUID", "")),
-        "size": size,
-        "sha256": sha256,
+        "patient_id": out.field("PatientID"),
+        "study_instance_uid": out.field("StudyInstanceUID"),
+        "series_instance_uid": out.field("SeriesInstanceUID"),
+        "sop_instance_uid": out.field("SOPInstanceUID"),
+        "sop_class_uid": out.field("SOPClassUID"),
+        "modality": out.field("Modality"),
+        "transfer_syntax_uid": str(out.ds.file_meta.get("TransferSyntaxUID", "")),
+        "size": out.size,
+        "sha256": out.sha256,
     }
 
 
@@ -194,6 +196,11 @@ def scrub_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple[int, str, st
     source = open_source(cfg.source, **cfg.s3_options)
     target = open_target(cfg.target, byte_budget=cfg.byte_budget, **cfg.s3_options)
     scrubber = Scrubber(cfg.profile, cfg.pseudonymizer())
+    memo = scrubber.element_memo()
+
+    def scrub(ds, ctx=None):
+        return prepare(ds, scrubber, ctx)
+
     result = {"batch": batch_no, "exported": 0, "skipped_identical": 0, "bytes_out": 0,
               "quarantined": {}, "outputs": {}, "target_full": False, "pending": []}
     for n, (file_id, relpath, out_rel) in enumerate(items):
@@ -202,7 +209,7 @@ def scrub_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple[int, str, st
                 size = raw_fh.seek(0, io.SEEK_END)
                 fh = in_memory(raw_fh, size)
                 try:
-                    out = fastpath.deidentify_file(fh, size, lambda ds: prepare(ds, scrubber), scrubber.keeps_as_read)
+                    out = fastpath.deidentify_file(fh, size, scrub, scrubber.keeps_as_read, memo)
                 except OSError:
                     raise
                 except Exception:  # noqa: BLE001 - never crash, never echo a value
@@ -224,7 +231,7 @@ def scrub_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple[int, str, st
             result["bytes_out"] += out.size
         else:
             result["skipped_identical"] += 1
-        result["outputs"][file_id] = manifest_info(out.ds, out_rel, out.sha256, out.size)
+        result["outputs"][file_id] = manifest_info(out, out_rel)
     sync = getattr(target, "sync", None)
     if cfg.sync and sync is not None and result["exported"]:
         sync()  # durable before the flow records the batch in the ledger

@@ -55,11 +55,13 @@ TIMEZONE_OFFSET = 0x00080201
 CONTENT_SEQUENCE = 0x0040A730
 IDENTITY_TAGS = frozenset((PATIENT_ID, PATIENT_NAME, ACCESSION, STUDY_ID))
 CONTENT_ITEM_VALUE_TAGS = frozenset((0x0040A160, 0x0040A123, 0x0040A121, 0x0040A122, 0x0040A120, 0x0040A124))
+# Every top-level element context_for reads (patient_key_of and known_identifiers): the
+# ScrubContext of an instance is a function of these elements' bytes, the profile and the key.
+CONTEXT_INPUT_TAGS = frozenset(_KNOWN_PN_TAGS + _KNOWN_ID_TAGS + (
+    0x00100021, 0x00100030, 0x00101040, 0x00102154, 0x00080080, 0x00081040, 0x00081010, 0x0020000D))
 # Read besides the element being scrubbed (context_for, known_identifiers, the file meta, the
 # encoder's character set, the manifest row): never copied past the scrubber.
-CONTEXT_TAGS = frozenset(_KNOWN_PN_TAGS + _KNOWN_ID_TAGS + (
-    0x00080005, 0x00080016, 0x00080018, 0x00080060, 0x00080080, 0x00081010, 0x00081040, 0x0020000D,
-    0x0020000E, 0x00100021, 0x00100030, 0x00101040, 0x00102154))
+CONTEXT_TAGS = CONTEXT_INPUT_TAGS | {0x00080005, 0x00080016, 0x00080018, 0x00080060, 0x0020000E}
 # Written by _mark
 MARK_TAGS = frozenset((0x00120062, 0x00120063, 0x00120064, 0x00280303))
 TEXT_VRS = {"LO", "SH", "LT", "ST", "UT", "UC"}
@@ -182,6 +184,12 @@ class Scrubber:
         if action is None:
             return dictionary_has_tag(tag) and vr not in ("PN", "UI")
         return action == "K" and tag != PATIENT_AGE
+
+    def element_memo(self):
+        """A memo of this scrubber's encoded output per element and context (the fast path's)."""
+        from .fastpath import ElementMemo
+
+        return ElementMemo(self.context_for, CONTEXT_INPUT_TAGS, MARK_TAGS)
 
     # ------------------------------------------------------------------ walk
     def _walk(self, ds: Dataset, ctx: ScrubContext, mode: str) -> None:

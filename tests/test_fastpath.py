@@ -77,12 +77,12 @@ SPLIT_FILES = ["693_UNCI.dcm", "MR_small_implicit.dcm", "JPEG2000.dcm",
                "color3d_jpeg_baseline.dcm"]
 
 
-def _deidentify(data: bytes, profile, split: bool):
+def _deidentify(data: bytes, profile, split: bool, scrubber=None, memo=None):
     from medanon.scrub import Scrubber
 
-    sc = Scrubber(profile, Pseudonymizer(b"split-key"))
-    return fastpath.deidentify_file(io.BytesIO(data), len(data), lambda ds: prepare(ds, sc),
-                                    sc.keeps_as_read if split else None)
+    sc = scrubber or Scrubber(profile, Pseudonymizer(b"split-key"))
+    return fastpath.deidentify_file(io.BytesIO(data), len(data), lambda ds, ctx=None: prepare(ds, sc, ctx),
+                                    sc.keeps_as_read if split else None, memo)
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
@@ -104,7 +104,8 @@ def test_split_path_is_taken_for_plain_files(name):
     with open(data_file(name), "rb") as fh:
         data = fh.read()
     sc = Scrubber(PROFILES["research"], Pseudonymizer(b"split-key"))
-    out = fastpath._split_path(io.BytesIO(data), len(data), lambda ds: prepare(ds, sc), sc.keeps_as_read)
+    out = fastpath._split_path(io.BytesIO(data), len(data), lambda ds, ctx=None: prepare(ds, sc, ctx),
+                               sc.keeps_as_read)
     assert out is not None
     # most of the header never went through pydicom: only what the scrubber needs was parsed
     parsed = len(out.ds._dict)
@@ -143,6 +144,92 @@ def test_split_refuses_what_it_does_not_handle():
     sp = rawsplit.split(ct)
     assert sp is not None and sp.pixel_start is not None
     assert rawsplit.split(ct[:sp.elements[10][3] + 2]) is None  # truncated inside an element
+
+
+# --------------------------------------------------------------------------- the element memo
+
+MANIFEST_FIELDS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality")
+
+
+def _sample_instances(root) -> list[bytes]:
+    from medanon.samples import build_sample_archive
+
+    build_sample_archive(root)
+    datas = [p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()]
+    datas += [open(data_file(name), "rb").read() for name in sorted(set(FILES) | set(SPLIT_FILES))]
+    return datas
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_element_memo_gives_the_same_bytes_and_manifest_fields(tmp_path, profile):
+    """One memo over the whole sample archive and the test files, twice in a row (so that
+    elements repeat within a series, across a patient's studies, and between passes): every
+    output and every manifest field equals the split path without a memo."""
+    from medanon.scrub import Scrubber
+
+    datas = _sample_instances(tmp_path / "s")
+    sc = Scrubber(PROFILES[profile], Pseudonymizer(b"split-key"))
+    memo = sc.element_memo()
+    compared = 0
+    for data in datas + datas:
+        try:
+            expected = _deidentify(data, PROFILES[profile], True)
+        except Exception:  # noqa: BLE001 - not an instance: the memo changes nothing about that
+            with pytest.raises(Exception):
+                _deidentify(data, PROFILES[profile], True, sc, memo)
+            continue
+        got = _deidentify(data, PROFILES[profile], True, sc, memo)
+        assert got.data == expected.data
+        assert [got.field(k) for k in MANIFEST_FIELDS] == [expected.field(k) for k in MANIFEST_FIELDS]
+        compared += 1
+    assert compared >= 40
+    assert memo.hits > memo.misses  # the second pass, at least, came from the memo
+
+
+def test_element_memo_keeps_patients_apart():
+    """The same description in two patients' instances: it names the second patient, so only
+    the second's copy must be cleaned. A memo keyed on the element alone would hand the
+    second instance the first one's output, name included."""
+    from medanon.scrub import Scrubber
+
+    def instance(name: str, pid: str) -> bytes:
+        ds = pydicom.dcmread(data_file("693_UNCI.dcm"))
+        ds.PatientName, ds.PatientID = name, pid
+        ds.StudyDescription = "CT HEAD RECALL ZABROWSKI"
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
+
+    first, second = instance("DOE^JOHN", "MRN1"), instance("ZABROWSKI^ANNA", "MRN2")
+    sc = Scrubber(PROFILES["research"], Pseudonymizer(b"split-key"))
+    memo = sc.element_memo()
+    assert b"ZABROWSKI" in _deidentify(first, PROFILES["research"], True, sc, memo).data
+    out = _deidentify(second, PROFILES["research"], True, sc, memo)
+    assert b"ZABROWSKI" not in out.data
+    assert out.data == _deidentify(second, PROFILES["research"], True).data
+
+
+@pytest.mark.parametrize("name", ["693_UNCI.dcm", "CT_small.dcm", "MR_small_implicit.dcm", "rtplan.dcm"])
+def test_scrub_context_reads_only_its_input_tags(tmp_path, name):
+    """The memo fingerprints an instance's context by CONTEXT_INPUT_TAGS: removing any other
+    top-level element leaves the context unchanged (planted identifiers included)."""
+    from medanon.samples import build_sample_archive
+    from medanon.scrub import CONTEXT_INPUT_TAGS, Scrubber
+
+    sc = Scrubber(PROFILES["research"], Pseudonymizer(b"split-key"))
+    planted = [p for p in sorted((tmp_path / "s").rglob("*"))] if build_sample_archive(tmp_path / "s") else []
+    paths = [data_file(name)] + [p for p in planted if p.is_file() and p.suffix == ".dcm"][:3]
+    for path in paths:
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+        before = sc.context_for(ds)
+        others = [t for t in ds.keys() if t not in CONTEXT_INPUT_TAGS]
+        assert others
+        for tag in others:
+            reduced = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+            del reduced[tag]
+            assert sc.context_for(reduced) == before, (path, tag)
+        assert any(t in CONTEXT_INPUT_TAGS for t in ds.keys())
 
 
 # --------------------------------------------------------------------------- discovery's split path
