@@ -65,6 +65,35 @@ class WorkerConfig(BaseModel):
         return "|".join(parts)
 
 
+class Batch:
+    """A batch's rows, handed to a Prefect task as one object.
+
+    Prefect walks every list, tuple and dict of a task's parameters element by element, looking
+    for futures to track: for batch manifests that cost about a second per 2 000 instances. It
+    does not walk into other objects. (Its ``opaque`` annotation does the same, but the Dask task
+    runner hands the annotation itself to the task instead of its value.)"""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows):
+        self.rows = list(rows)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        return self.rows[index]
+
+    def __getstate__(self):
+        return self.rows
+
+    def __setstate__(self, rows) -> None:
+        self.rows = rows
+
+
 # ---------------------------------------------------------------------------- discover (inspect)
 
 def inspect_batch(cfg: WorkerConfig, entries: list[tuple]) -> list[tuple[int, Inspected]]:
