@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import struct
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -130,7 +130,8 @@ def _truncated(ds, size: int, end: int) -> bool:
     return False
 
 
-def inspect_entry(source: Source, entry: SourceEntry, report_sniffer=None) -> Inspected:
+def inspect_entry(source: Source, entry: SourceEntry, report_sniffer=None, memo: dict | None = None) -> Inspected:
+    """``memo``: a dict kept across the entries of a batch (see ``_inspect_split``)."""
     base = dict(relpath=entry.relpath, size=entry.size, token=entry.token)
     if entry.size == 0:
         return Inspected(**base, kind="quarantine", reason="empty-file")
@@ -149,7 +150,7 @@ def inspect_entry(source: Source, entry: SourceEntry, report_sniffer=None) -> In
                         return Inspected(**base, kind="report")
                 return Inspected(**base, kind="quarantine", reason="not-dicom")
             if kind == "part10":
-                fast = _inspect_split(fh, entry.size, base)
+                fast = _inspect_split(fh, entry.size, base, memo)
                 if fast is not None:
                     return fast
             fh = in_memory(fh, entry.size)
@@ -170,16 +171,46 @@ INSPECT_TAGS = frozenset((0x00080005, 0x00080016, 0x00080018, 0x00080020, 0x0008
 SPLIT_HEAD = 256 * 1024
 
 
-def _inspect_split(fh, size: int, base: dict) -> Inspected | None:
+SOP_INSTANCE_UID = 0x00080018
+
+
+def _inspect_split(fh, size: int, base: dict, memo: dict | None = None) -> Inspected | None:
     """Inspect a plain Part 10 instance from its first bytes, parsing only what classify reads;
-    None when the file is not a plain case (the caller then reads the whole header)."""
+    None when the file is not a plain case (the caller then reads the whole header).
+
+    With a ``memo``, an instance whose classify elements other than its SOP Instance UID have
+    the same bytes as an earlier one's (the instances of a series) reuses that outcome: only its
+    own UID is decoded."""
+    from pydicom.values import convert_UI
+
     from . import rawsplit
 
     fh.seek(0)
     buf = fh.read(min(size, SPLIT_HEAD))
     sp = rawsplit.plain_split(fh, buf, size)
-    ds = None if sp is None else rawsplit.read_reduced(buf, sp, lambda e: e[0] in INSPECT_TAGS)
-    return None if ds is None else classify(ds, base, size, 0, has_pixels=True)
+    if sp is None:
+        return None
+    key = sop_raw = None
+    if memo is not None:
+        read = [e for e in sp.elements if e[0] in INSPECT_TAGS]
+        sop = [e for e in read if e[0] == SOP_INSTANCE_UID]
+        if (len(sop) == 1 and sop[0][1] == "UI" and 0x00080016 in {e[0] for e in read}
+                and len({e[0] for e in read}) == len(read)):
+            sop_raw = buf[sop[0][3]:sop[0][5]]
+            if sop_raw.rstrip(b"\0 ") and b"\\" not in sop_raw:
+                key = (sp.implicit,) + tuple(buf[e[2]:e[5]] for e in read if e[0] != SOP_INSTANCE_UID)
+                known = memo.get(key)
+                if known is not None:
+                    return replace(known, **base, sop_uid=str(convert_UI(sop_raw, True)), header=dict(known.header))
+    ds = rawsplit.read_reduced(buf, sp, lambda e: e[0] in INSPECT_TAGS)
+    if ds is None:
+        return None
+    got = classify(ds, base, size, 0, has_pixels=True)
+    if key is not None and got.kind == "dicom":
+        if len(memo) >= 10_000:
+            memo.clear()
+        memo[key] = got
+    return got
 
 
 def classify(ds, base: dict, size: int, end: int, has_pixels: bool | None = None) -> Inspected:

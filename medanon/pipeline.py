@@ -101,9 +101,10 @@ def inspect_batch(cfg: WorkerConfig, entries: list[tuple]) -> list[tuple[int, In
     from .reports_hook import report_sniffer
 
     source = open_source(cfg.source, **cfg.s3_options)
+    sniffer, memo = report_sniffer(), {}
     out = []
     for file_id, relpath, size, token in entries:
-        out.append((file_id, inspect_entry(source, SourceEntry(relpath, size, token), report_sniffer())))
+        out.append((file_id, inspect_entry(source, SourceEntry(relpath, size, token), sniffer, memo)))
     return out
 
 

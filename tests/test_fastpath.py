@@ -270,6 +270,34 @@ def test_inspect_split_on_the_sample_archive(tmp_path, monkeypatch):
     assert ("dicom", "") in kinds and ("quarantine", "truncated") in kinds
 
 
+def test_inspect_memo_gives_the_same_outcomes(tmp_path, monkeypatch):
+    """With a batch memo, the instances of a series reuse the first one's outcome with their own
+    SOP Instance UID: every file of the sample archive (twice over) gets exactly the outcome of
+    inspecting it alone, and fewer headers are parsed."""
+    from medanon import discover, rawsplit
+    from medanon.samples import build_sample_archive
+    from medanon.storage import open_source
+
+    build_sample_archive(tmp_path / "s", ct_series_size=6)
+    source = open_source(str(tmp_path / "s"))
+    entries = list(source.iter_entries())
+    parsed = {"n": 0}
+    read_reduced = rawsplit.read_reduced
+
+    def counting(*a, **k):
+        parsed["n"] += 1
+        return read_reduced(*a, **k)
+
+    monkeypatch.setattr(rawsplit, "read_reduced", counting)
+    alone = [discover.inspect_entry(source, e) for e in entries]
+    parsed_alone, parsed["n"] = parsed["n"], 0
+    memo: dict = {}
+    assert [discover.inspect_entry(source, e, memo=memo) for e in entries] == alone
+    assert [discover.inspect_entry(source, e, memo=memo) for e in entries] == alone
+    assert len({i.sop_uid for i in alone if i.kind == "dicom"}) > 10
+    assert parsed["n"] < parsed_alone  # the second pass, at least, came from the memo
+
+
 @pytest.mark.parametrize("name", SPLIT_FILES)
 def test_inspect_split_is_taken_for_plain_files(name):
     from medanon import discover
