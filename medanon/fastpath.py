@@ -40,10 +40,17 @@ class Deidentified:
     ds: object
     size: int
     sha256: str
-    data: bytes | None  # whole file in memory (small instances)
+    # the whole file in memory (small instances), as consecutive parts: the header, then the
+    # pixel data as a view of the source bytes (never copied into one buffer to be written)
+    parts: tuple | None
     chunks: Callable[[], Iterator[bytes]] | None  # or a re-playable stream (large instances)
     # the de-identified values the manifest row reads (keyword -> str); from ``ds`` when None
     fields: dict | None = None
+
+    @property
+    def data(self) -> bytes | None:
+        """The whole file's bytes (in-memory instances only)."""
+        return None if self.parts is None else b"".join(self.parts)
 
     def field(self, keyword: str) -> str:
         if self.fields is not None and keyword in self.fields:
@@ -199,7 +206,7 @@ def deidentify_file(fh: BinaryIO, size: int, scrub: Callable,
     if total <= IN_MEMORY_LIMIT:
         fh.seek(start)
         data = header + fh.read(size - start)
-        return Deidentified(ds, len(data), hashlib.sha256(data).hexdigest(), data, None)
+        return Deidentified(ds, len(data), hashlib.sha256(data).hexdigest(), (data,), None)
 
     def chunks() -> Iterator[bytes]:
         yield header
@@ -329,14 +336,16 @@ def _split_path(fh: io.BytesIO, size: int, scrub: Callable, keeps_as_read: Calla
             memo.put(key, (header[span[0]:span[1]] if span is not None else None, value))
         fields = {memo.FIELD_TAGS[tag]: (hit[1] or "") for tag, hit in hits.items() if tag in memo.FIELD_TAGS
                   and hit[0] is not None}
-    data = header + buf[sp.pixel_start:]
-    return Deidentified(ds, len(data), hashlib.sha256(data).hexdigest(), data, None, fields)
+    pixels = memoryview(buf)[sp.pixel_start:]
+    sha = hashlib.sha256(header)
+    sha.update(pixels)
+    return Deidentified(ds, len(header) + len(pixels), sha.hexdigest(), (header, pixels), None, fields)
 
 
 def _header_only(ds, scrub) -> Deidentified:
     scrub(ds)
     data = _encode_header(ds)
-    return Deidentified(ds, len(data), hashlib.sha256(data).hexdigest(), data, None)
+    return Deidentified(ds, len(data), hashlib.sha256(data).hexdigest(), (data,), None)
 
 
 def _full(fh: BinaryIO, size: int, scrub, raw: bool) -> Deidentified:
@@ -346,14 +355,16 @@ def _full(fh: BinaryIO, size: int, scrub, raw: bool) -> Deidentified:
         ds = pydicom.dcmread(fh, force=raw)
     scrub(ds)
     data = _encode_header(ds)
-    return Deidentified(ds, len(data), hashlib.sha256(data).hexdigest(), data, None)
+    return Deidentified(ds, len(data), hashlib.sha256(data).hexdigest(), (data,), None)
 
 
 def write(target, relpath: str, out: Deidentified) -> bool:
     """Write a de-identified instance; large ones stream (the target's put_stream, or a spooled file)."""
-    if out.data is not None:
-        return target.put_bytes(relpath, out.data, out.sha256)
     put_stream = getattr(target, "put_stream", None)
+    if out.parts is not None:
+        if put_stream is not None:
+            return put_stream(relpath, out.parts, out.sha256, out.size)
+        return target.put_bytes(relpath, out.data, out.sha256)
     if put_stream is not None:
         return put_stream(relpath, out.chunks(), out.sha256, out.size)
     import tempfile
