@@ -107,6 +107,17 @@ def _encode_header(ds, encoded: dict | None = None, spans: dict | None = None) -
                 write_data_element(tmp, elem, encodings)
                 cached = _CONSTANT_ELEMENTS[key] = tmp.getvalue()
             fp.write(cached)
+        elif type(elem.value) in _STR_TYPES:  # a single text value: its bytes depend on nothing else
+            key = (tag, elem.VR, elem.value, implicit, little, tuple(encodings))
+            cached = _TEXT_ELEMENTS.get(key)
+            if cached is None:
+                tmp = DicomBytesIO()
+                tmp.is_implicit_VR, tmp.is_little_endian = implicit, little
+                write_data_element(tmp, elem, encodings)
+                if len(_TEXT_ELEMENTS) >= 20_000:
+                    _TEXT_ELEMENTS.clear()
+                cached = _TEXT_ELEMENTS[key] = tmp.getvalue()
+            fp.write(cached)
         else:
             write_data_element(fp, ds[tag] if getattr(elem, "is_raw", False) else elem, encodings)
         if spans is not None:
@@ -136,6 +147,10 @@ def _needs_save_as(ds) -> bool:
 
 METHOD_CODE_SEQUENCE = 0x00120064
 _CONSTANT_ELEMENTS: dict = {}
+# encoded elements holding one str or UID value, which repeat across instances (SOP class, the
+# de-identification mark, replaced dates and descriptions)
+_TEXT_ELEMENTS: dict = {}
+_STR_TYPES = (str, pydicom.uid.UID)
 _META_VR_PAD = {"UI": b"\x00", "OB": b"\x00"}
 
 
