@@ -39,6 +39,8 @@ import time
 from importlib import metadata, util
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+
 ALL_TOOLS = ("medanon", "cp", "pydicom", "dicognito", "deid")
 SOURCE_FILE = "693_UNCI.dcm"
 RESULT_MARK = "BENCH_RESULT "
@@ -284,10 +286,47 @@ def parse_runs(spec: str) -> list[tuple[str, list[str]]]:
         words = shlex.split(part)
         if not words:
             continue
-        if words[0] not in ("embedded", "server"):
-            raise ValueError(f"a medanon run starts with 'embedded' or 'server', not {words[0]!r}")
+        if words[0] not in ("embedded", "server", "dask"):
+            raise ValueError(f"a medanon run starts with 'embedded', 'server' or 'dask', not {words[0]!r}")
         runs.append((words[0], words[1:]))
     return runs
+
+
+@contextlib.contextmanager
+def dask_cluster(home: Path, workers: int = 2):
+    """A Dask scheduler and ``workers`` single-threaded worker processes on 127.0.0.1, started
+    before the timed runs like an existing cluster. Each worker preloads the batch task modules
+    (Prefect, pydicom, medanon), as a worker that has run any earlier job would have them."""
+    import socket
+
+    from medanon.localserver import stop_group
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    dask = str(Path(sys.executable).with_name("dask"))
+    env = child_env({"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    procs = []
+    with open(home / "dask.log", "w") as logf:
+        try:
+            procs.append(subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                           "--no-dashboard"], env=env, stdout=logf, stderr=subprocess.STDOUT,
+                                          start_new_session=True))
+            for _ in range(workers):
+                procs.append(subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--host", "127.0.0.1",
+                                               "--no-dashboard", "--memory-limit", "0",
+                                               "--preload", "tasks.discover", "--preload", "tasks.scrub"],
+                                              env=env, stdout=logf, stderr=subprocess.STDOUT,
+                                              start_new_session=True, cwd=str(ROOT)))
+            from distributed import Client
+
+            with Client(address, timeout=60) as client:
+                client.wait_for_workers(workers, timeout=120)
+            yield address
+        finally:
+            for proc in reversed(procs):
+                stop_group(proc)
 
 
 def run_label(api: str, extra: list[str]) -> str:
@@ -295,7 +334,7 @@ def run_label(api: str, extra: list[str]) -> str:
 
 
 def run_tool(tool: str, src: Path, work: Path, n: int, args, api: str = "embedded", extra=(),
-             server_url: str | None = None) -> dict:
+             server_url: str | None = None, dask_address: str | None = None) -> dict:
     why = available(tool)
     label = run_label(api, list(extra)) if tool == "medanon" else tool
     if why:
@@ -312,8 +351,10 @@ def run_tool(tool: str, src: Path, work: Path, n: int, args, api: str = "embedde
             d.mkdir(parents=True)
         env = child_env({"MEDANON_KEY": args.key, "PREFECT_HOME": str(home),
                          "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
-        if api == "server":
+        if api in ("server", "dask"):
             env["PREFECT_API_URL"] = server_url
+        if api == "dask":
+            extra = ["--dask-address", dask_address, *extra]
         cmd = medanon_cmd() + ["run", str(src), str(out), "--json", "--state-dir", str(state)]
         cmd += shlex.split(args.medanon_args) + list(extra)
     elif tool == "cp":
@@ -457,8 +498,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--medanon-args", default="", help="extra arguments for every `medanon run` (e.g. '--layout series')")
     ap.add_argument("--medanon-runs", default="embedded",
                     help="';'-separated medanon runs, each 'embedded' (Prefect's ephemeral server, started and "
-                         "stopped within the timed command) or 'server' (a Prefect server started untimed before "
-                         "the runs) followed by extra `medanon run` arguments; e.g. 'embedded;server;server --workers 2'")
+                         "stopped within the timed command), 'server' (a Prefect server started untimed before "
+                         "the runs) or 'dask' (that server plus a Dask scheduler and 2 worker processes, started "
+                         "untimed; the run gets --dask-address) followed by extra `medanon run` arguments; "
+                         "e.g. 'embedded;server;server --workers 2;dask'")
     ap.add_argument("--no-warm-up", dest="warm_up", action="store_false",
                     help="skip the untimed copy that touches the memory the outputs will use before the first tool")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (archive, outputs, logs)")
@@ -491,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         with contextlib.ExitStack() as stack:
             server_url = None
-            if "medanon" in tools and any(api == "server" for api, _ in runs):
+            dask_address = None
+            if "medanon" in tools and any(api in ("server", "dask") for api, _ in runs):
                 # started before the timed runs, as a hospital's server would already be running
                 from medanon.localserver import prefect_server
 
@@ -499,9 +543,13 @@ def main(argv: list[str] | None = None) -> int:
                 home.mkdir()
                 server_url = stack.enter_context(prefect_server(home))
                 log(f"Prefect server up at {server_url} (untimed)")
+            if "medanon" in tools and any(api == "dask" for api, _ in runs):
+                dask_address = stack.enter_context(dask_cluster(home))
+                log(f"Dask cluster up at {dask_address}, 2 workers (untimed)")
             for t in tools:
                 if t == "medanon":
-                    results += [run_tool(t, src, work, args.n, args, api, extra, server_url) for api, extra in runs]
+                    results += [run_tool(t, src, work, args.n, args, api, extra, server_url, dask_address)
+                                for api, extra in runs]
                 else:
                     results.append(run_tool(t, src, work, args.n, args))
         report = {"n": args.n, "mode": "memory" if args.memory else "speed", "workdir": str(work),
