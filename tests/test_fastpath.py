@@ -315,3 +315,34 @@ def test_inspect_split_is_taken_for_plain_files(name):
     with open(data_file(name), "rb") as fh:
         got = discover._inspect_split(fh, size, dict(relpath=name, size=size, token="t"))
     assert got is not None and got.kind == "dicom" and got.sop_uid
+
+
+# --------------------------------------------------------------------------- local target space checks
+
+def test_local_target_reads_free_space_rarely_until_near_full(tmp_path, monkeypatch):
+    """Far from full, the filesystem's free space is read once per RECHECK_BYTES written, not per
+    file; within NEAR_FULL of the reserve it is read before every write, and a write that would eat
+    into the reserve is refused."""
+    from medanon.storage.base import TargetFull
+
+    target = LocalTarget(tmp_path / "out")
+    free = {"bytes": 100 << 30, "reads": 0}
+
+    def disk_free():
+        free["reads"] += 1
+        return free["bytes"]
+
+    monkeypatch.setattr(target, "_disk_free", disk_free)
+    monkeypatch.setattr(LocalTarget, "RECHECK_BYTES", 10_000)
+    data = b"x" * 1000
+    for i in range(50):
+        assert target.put_bytes(f"a/{i}.dcm", data, fastpath.hashlib.sha256(data).hexdigest())
+    assert 4 <= free["reads"] <= 6  # 50 000 bytes written, read every 10 000
+    free["bytes"], free["reads"] = target.reserve + LocalTarget.NEAR_FULL, 0
+    target._free_seen = None
+    for i in range(5):
+        target.put_bytes(f"b/{i}.dcm", data, fastpath.hashlib.sha256(data).hexdigest())
+    assert free["reads"] == 5  # near full: every write reads it
+    free["bytes"] = target.reserve + 2000
+    with pytest.raises(TargetFull):
+        target.put_bytes("c/0.dcm", data, fastpath.hashlib.sha256(data).hexdigest())

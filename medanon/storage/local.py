@@ -58,9 +58,18 @@ class LocalTarget:
         self.byte_budget = byte_budget
         self.reserve = reserve
         self.bytes_written = 0
+        # Free space is read from the filesystem at most every RECHECK_BYTES written by this
+        # target, and before every write once it is within NEAR_FULL of the reserve; a disk that
+        # fills up anyway (other writers) still ends the write with ENOSPC, reported as TargetFull.
+        self._free_seen: int | None = None
+        self._written_since = 0
+        self._made_dirs: set = set()
         # Durability: instead of an fsync per file, sync() flushes a whole batch before the
         # ledger records it (a crash before that leaves files the next run re-checks by SHA-256).
         self.fsync_each = fsync_each
+
+    RECHECK_BYTES = 64 << 20
+    NEAR_FULL = 1 << 30
 
     # -- space -------------------------------------------------------------
     def _disk_free(self) -> int:
@@ -80,7 +89,15 @@ class LocalTarget:
         """Refuse a write that would exceed the budget or eat into the reserve (kept for the manifest)."""
         if not reserved and self.byte_budget is not None and self.bytes_written + size > self.byte_budget:
             raise TargetFull(size, self.byte_budget - self.bytes_written)
-        free = self._disk_free() - (0 if reserved else self.reserve)
+        if reserved:
+            free = self._disk_free()
+        else:
+            estimate = None if self._free_seen is None else self._free_seen - self._written_since
+            if (estimate is None or self._written_since >= self.RECHECK_BYTES
+                    or estimate - self.reserve - size < self.NEAR_FULL):
+                self._free_seen, self._written_since = self._disk_free(), 0
+                estimate = self._free_seen
+            free = estimate - self.reserve
         if size + 4096 > free:
             raise TargetFull(size, max(free, 0))
 
@@ -106,7 +123,9 @@ class LocalTarget:
             return False
         self._check_space(size, reserved)
         dest = self._dest(relpath)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.parent not in self._made_dirs:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(dest.parent)
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=dest.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -125,6 +144,7 @@ class LocalTarget:
             raise
         if not reserved:
             self.bytes_written += size
+            self._written_since += size
         return True
 
     def put_bytes(self, relpath: str, data: bytes, sha256: str) -> bool:
