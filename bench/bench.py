@@ -297,13 +297,9 @@ def dask_cluster(home: Path, workers: int = 2):
     """A Dask scheduler and ``workers`` single-threaded worker processes on 127.0.0.1, started
     before the timed runs like an existing cluster. Each worker preloads the batch task modules
     (Prefect, pydicom, medanon), as a worker that has run any earlier job would have them."""
-    import socket
+    from medanon.localserver import free_port, stop_group
 
-    from medanon.localserver import stop_group
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     dask = str(Path(sys.executable).with_name("dask"))
     env = child_env({"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})

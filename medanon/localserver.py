@@ -28,12 +28,17 @@ def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
         proc.wait()
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @contextlib.contextmanager
 def prefect_server(home: Path):
     """A real Prefect server (`prefect server start`) on a free 127.0.0.1 port; yields its API URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MEDANON_", "AWS_"))}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false")
     url = f"http://127.0.0.1:{port}/api"
