@@ -169,8 +169,6 @@ def inspect_entry(source: Source, entry: SourceEntry, report_sniffer=None, memo:
 INSPECT_TAGS = frozenset((0x00080005, 0x00080016, 0x00080018, 0x00080020, 0x00080050, 0x00080060, 0x00041220,
                           0x0020000D, 0x0020000E, 0x00100010, 0x00100020, 0x00100021, 0x00100030, 0x00280301))
 SPLIT_HEAD = 256 * 1024
-
-
 SOP_INSTANCE_UID = 0x00080018
 
 
@@ -190,7 +188,7 @@ def _inspect_split(fh, size: int, base: dict, memo: dict | None = None) -> Inspe
     sp = rawsplit.plain_split(fh, buf, size)
     if sp is None:
         return None
-    key = sop_raw = None
+    key = None
     if memo is not None:
         read = [e for e in sp.elements if e[0] in INSPECT_TAGS]
         sop = [e for e in read if e[0] == SOP_INSTANCE_UID]

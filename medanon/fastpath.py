@@ -100,29 +100,28 @@ def _encode_header(ds, encoded: dict | None = None, spans: dict | None = None) -
                 fp.write(raw)
         elif tag == METHOD_CODE_SEQUENCE:  # the same few codes in every instance: encode once
             key = (implicit, little, tuple(str(item.get("CodeValue", "")) for item in elem.value))
-            cached = _CONSTANT_ELEMENTS.get(key)
-            if cached is None:
-                tmp = DicomBytesIO()
-                tmp.is_implicit_VR, tmp.is_little_endian = implicit, little
-                write_data_element(tmp, elem, encodings)
-                cached = _CONSTANT_ELEMENTS[key] = tmp.getvalue()
-            fp.write(cached)
+            fp.write(_encoded_once(_CONSTANT_ELEMENTS, key, elem, encodings, implicit, little))
         elif type(elem.value) in _STR_TYPES:  # a single text value: its bytes depend on nothing else
             key = (tag, elem.VR, elem.value, implicit, little, tuple(encodings))
-            cached = _TEXT_ELEMENTS.get(key)
-            if cached is None:
-                tmp = DicomBytesIO()
-                tmp.is_implicit_VR, tmp.is_little_endian = implicit, little
-                write_data_element(tmp, elem, encodings)
-                if len(_TEXT_ELEMENTS) >= 20_000:
-                    _TEXT_ELEMENTS.clear()
-                cached = _TEXT_ELEMENTS[key] = tmp.getvalue()
-            fp.write(cached)
+            fp.write(_encoded_once(_TEXT_ELEMENTS, key, elem, encodings, implicit, little))
         else:
             write_data_element(fp, ds[tag] if getattr(elem, "is_raw", False) else elem, encodings)
         if spans is not None:
             spans[tag] = (start, fp.tell())
     return fp.getvalue()
+
+
+def _encoded_once(cache: dict, key, elem, encodings, implicit: bool, little: bool) -> bytes:
+    """pydicom's encoding of ``elem``, cached under ``key`` (which must hold all it depends on)."""
+    cached = cache.get(key)
+    if cached is None:
+        tmp = DicomBytesIO()
+        tmp.is_implicit_VR, tmp.is_little_endian = implicit, little
+        write_data_element(tmp, elem, encodings)
+        if len(cache) >= 20_000:
+            cache.clear()
+        cached = cache[key] = tmp.getvalue()
+    return cached
 
 
 def _element_bytes(tag: int, vr: str | None, value: bytes, implicit: bool, e: str) -> bytes | None:
@@ -261,8 +260,7 @@ class ElementMemo:
                   0x00080060: "Modality"}
     ALWAYS_PARSED = frozenset((0x00080016, 0x00080018))  # SOP class and instance: the file meta reads them
 
-    def __init__(self, context_for: Callable, context_tags, never=(), limit: int = 50_000):
-        self.context_for = context_for
+    def __init__(self, context_tags, never=(), limit: int = 50_000):
         self.fingerprint_tags = frozenset(context_tags) | {0x00080005, 0x00280100, 0x00280103}
         self.never = frozenset(never) | self.ALWAYS_PARSED
         self.limit = limit
@@ -332,11 +330,12 @@ def _split_path(fh: io.BytesIO, size: int, scrub: Callable, keeps_as_read: Calla
         return None
     for tag in ds._dict.keys() & encoded.keys():  # a repeated tag, parsed once: the parsed one is written
         del encoded[tag]
+    known_ctx = ctx
     ctx = scrub(ds, ctx)
     if fingerprint is not None:
         memo.hits += len(hits)
         memo.misses += len(misses)
-        if memo.context(fingerprint)[1] is None:
+        if known_ctx is None:  # read from this instance's (fully parsed) context elements
             memo.set_context(fingerprint, ctx)
     for tag, (out, _field) in hits.items():
         if out is not None:

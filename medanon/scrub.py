@@ -189,7 +189,7 @@ class Scrubber:
         """A memo of this scrubber's encoded output per element and context (the fast path's)."""
         from .fastpath import ElementMemo
 
-        return ElementMemo(self.context_for, CONTEXT_INPUT_TAGS, MARK_TAGS)
+        return ElementMemo(CONTEXT_INPUT_TAGS, MARK_TAGS)
 
     # ------------------------------------------------------------------ walk
     def _walk(self, ds: Dataset, ctx: ScrubContext, mode: str) -> None:
