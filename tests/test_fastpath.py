@@ -227,8 +227,9 @@ def test_scrub_context_reads_only_its_input_tags(tmp_path, name):
     from medanon.scrub import CONTEXT_INPUT_TAGS, Scrubber
 
     sc = Scrubber(PROFILES["research"], Pseudonymizer(b"split-key"))
-    planted = [p for p in sorted((tmp_path / "s").rglob("*"))] if build_sample_archive(tmp_path / "s") else []
-    paths = [data_file(name)] + [p for p in planted if p.is_file() and p.suffix == ".dcm"][:3]
+    build_sample_archive(tmp_path / "s")
+    planted = [p for p in sorted((tmp_path / "s").rglob("*.dcm")) if p.is_file()]
+    paths = [data_file(name)] + planted[:3]
     for path in paths:
         ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
         before = sc.context_for(ds)
