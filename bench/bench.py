@@ -149,6 +149,28 @@ for root, dirs, files in os.walk(src):
 print("BENCH_RESULT " + json.dumps({"files": n, "seconds": time.perf_counter() - t0}))
 """
 
+# The fixed cost of any medanon run: Python start-up, medanon's imports (Prefect, pydicom), and a
+# Prefect flow run that does nothing, with medanon's default task runner, created and torn down
+# through the same API. No file is read or written.
+FLOOR_CHILD = r"""
+import json, sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, sys.argv[1])
+import flows.anonymize  # everything a medanon run imports
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+imported = time.perf_counter() - t0
+
+@flow(name="medanon-bench-floor", persist_result=False)
+def floor():
+    with ThreadPoolTaskRunner(max_workers=4):
+        return 0
+
+t1 = time.perf_counter()
+floor()
+print("BENCH_RESULT " + json.dumps({"imports": imported, "flow_call": time.perf_counter() - t1}))
+"""
+
 DICOGNITO_CHILD = r"""
 import json, sys, time
 from dicognito.__main__ import main
@@ -393,6 +415,44 @@ def run_tool(tool: str, src: Path, work: Path, n: int, args, api: str = "embedde
     return res
 
 
+def run_floor(work: Path, api: str, server_url: str | None) -> dict:
+    """Time FLOOR_CHILD: what every medanon run costs before and after its work ("embedded" or
+    "server", as the medanon runs)."""
+    home = work / "prefect-home-floor"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    env = child_env({"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    if api == "server":
+        env["PREFECT_API_URL"] = server_url
+    logs = work / "logs"
+    logs.mkdir(exist_ok=True)
+    log(f"running the Prefect floor ({api}) ...")
+    r = run_child([sys.executable, "-c", FLOOR_CHILD, str(ROOT)], env, logs / f"floor-{api}")
+    marked = _marked(r["stdout"])
+    res = {"api": api, "status": "ok" if r["rc"] == 0 and marked else "failed", "wall": r["wall"],
+           "imports": round(marked.get("imports", 0), 2), "flow_call": round(marked.get("flow_call", 0), 2)}
+    if res["status"] != "ok":
+        res["stderr_tail"] = r.get("stderr_tail", "")
+    log(f"  floor ({api}): wall={res['wall']}s imports={res['imports']}s empty flow={res['flow_call']}s")
+    return res
+
+
+def budget(report: dict) -> list[str]:
+    """The issue's targets as time budgets for N files, beside the floor and cp -r."""
+    by = {r["tool"]: r for r in report["results"] if r["status"] == "ok"}
+    lines = []
+    for tool, factor in (("dicognito", 3.0), ("pydicom", 1.5)):
+        if tool in by:
+            lines.append(f"{factor:g}× {tool}'s files/s means medanon within {by[tool]['wall'] / factor:.2f} s")
+    for f in report.get("floor", []):
+        if f["status"] == "ok":
+            lines.append(f"Prefect floor ({f['api']}): {f['wall']:.2f} s wall for an empty flow run "
+                         f"(imports {f['imports']} s, flow run {f['flow_call']} s)")
+    if "cp" in by:
+        lines.append(f"cp -r: {by['cp']['wall']:.2f} s")
+    return lines
+
+
 # ------------------------------------------------------------------------------------------ report
 
 def machine_facts() -> dict:
@@ -476,6 +536,9 @@ def table(report: dict) -> str:
                       f"peak RSS main process {m.get('peak_rss_main_mb')} MB, process tree "
                       f"{m.get('peak_rss_tree_mb')} MB ({m.get('max_processes')} processes), "
                       f"wait4 ru_maxrss {m['maxrss_mb']} MB; summary {json.dumps(m.get('summary'))}"]
+    spent = budget(report)
+    if spent:
+        lines += ["", "Budget: " + "; ".join(spent)]
     f = report["machine"]
     lines += ["", f"machine: {f['nproc']} CPUs ({f['cpu']}), {f['memory']}, Python {f['python']}, "
                   + ", ".join(f"{k} {v}" for k, v in f["versions"].items() if v)]
@@ -500,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
                          "e.g. 'embedded;server;server --workers 2;dask'")
     ap.add_argument("--no-warm-up", dest="warm_up", action="store_false",
                     help="skip the untimed copy that touches the memory the outputs will use before the first tool")
+    ap.add_argument("--no-floor", dest="floor", action="store_false",
+                    help="skip timing an empty Prefect flow run (the fixed cost of every medanon run)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (archive, outputs, logs)")
     ap.add_argument("--keep-outputs", action="store_true", help="keep each tool's output folder")
     args = ap.parse_args(argv)
@@ -548,16 +613,21 @@ def main(argv: list[str] | None = None) -> int:
                                 for api, extra in runs]
                 else:
                     results.append(run_tool(t, src, work, args.n, args))
+            floors = []
+            if "medanon" in tools and args.floor:
+                apis = dict.fromkeys("embedded" if api == "embedded" else "server" for api, _ in runs)
+                floors = [run_floor(work, api, server_url) for api in apis]
         report = {"n": args.n, "mode": "memory" if args.memory else "speed", "workdir": str(work),
                   "medanon_runs": args.medanon_runs, "warm_up": args.warm_up,
-                  "archive": archive, "results": results, "ratios": ratios(results), "machine": machine_facts()}
+                  "archive": archive, "results": results, "floor": floors, "ratios": ratios(results), "machine": machine_facts()}
         text = table(report)
         if args.json:
             print(text, file=sys.stderr)
             print(json.dumps(report))
         else:
             print(text)
-        return 0 if all(r["status"] in ("ok", "skipped") for r in results) else 1
+        ok = all(r["status"] in ("ok", "skipped") for r in results) and all(f["status"] == "ok" for f in floors)
+        return 0 if ok else 1
     finally:
         if args.keep:
             log(f"kept {work}")
