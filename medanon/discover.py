@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from .storage.base import Source, SourceEntry
+from .storage.base import Source, SourceEntry, StorageError
 
 REASONS = {
     "empty-file": "file is empty",
@@ -136,7 +136,7 @@ def inspect_entry(source: Source, entry: SourceEntry, report_sniffer=None, memo:
     if entry.size == 0:
         return Inspected(**base, kind="quarantine", reason="empty-file")
     try:
-        fh = source.open(entry.relpath)
+        fh = source.open_header(entry)
     except OSError:
         return Inspected(**base, kind="quarantine", reason="read-error")
     with fh:
@@ -153,13 +153,18 @@ def inspect_entry(source: Source, entry: SourceEntry, report_sniffer=None, memo:
                 fast = _inspect_split(fh, entry.size, base, memo)
                 if fast is not None:
                     return fast
-            fh = in_memory(fh, entry.size)
+            if getattr(fh, "ranged", False):  # a remote object: parsed where it is, by ranged reads
+                fh.seek(0)
+            else:
+                fh = in_memory(fh, entry.size)
             ds = _read_header(fh, kind)
             end = fh.tell()
         except (InvalidDicomError, EOFError):
             return Inspected(**base, kind="quarantine", reason="truncated" if kind else "not-dicom")
-        except OSError:
+        except OSError:  # including an object that vanished or changed while it was read
             return Inspected(**base, kind="quarantine", reason="read-error")
+        except StorageError:  # the storage failed (retries exhausted), not the file: the batch fails
+            raise
         except Exception:  # noqa: BLE001 - any parser failure is a quarantine reason, never a crash
             return Inspected(**base, kind="quarantine", reason="unreadable")
     return classify(ds, base, entry.size, end)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import sys
 import threading
@@ -379,3 +380,89 @@ def test_server_down_for_good_fails_in_bounded_time(moto_s3):
     with pytest.raises(StorageError):
         t2.put_bytes("P10/y.dcm", b"y", sha(b"y"))
     assert time.monotonic() - start < 5
+
+
+# -- header reads (discovery) ---------------------------------------------------
+def _big_instances() -> dict[str, bytes]:
+    """Real DICOM headers (pydicom's CT_small) with pixel data far past the first ranged read:
+    native 2 MiB as the last element ("plain"), the same with CT_small's trailing padding element
+    after the pixel data, a truncated copy, and encapsulated in 24 fragments of 100 kB."""
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from medanon.samples import data_file
+
+    def encoded(ds) -> bytes:
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
+
+    out = {}
+    ds = pydicom.dcmread(data_file("CT_small.dcm"))
+    ds.Rows = ds.Columns = 1024
+    ds.PixelData = bytes(range(256)) * (2 * MIB // 256)
+    out["padded.dcm"] = encoded(ds)
+    del ds[0xFFFCFFFC]  # DataSetTrailingPadding
+    out["native.dcm"] = encoded(ds)
+    out["truncated.dcm"] = out["native.dcm"][:-MIB]
+
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.NumberOfFrames = 24
+    ds.PixelData = encapsulate([bytes([k]) * 100_000 for k in range(24)])
+    ds["PixelData"].VR = "OB"
+    out["encapsulated.dcm"] = encoded(ds)
+    return out
+
+
+def test_discovery_reads_only_headers_of_objects(moto_s3, tmp_path, monkeypatch):
+    from medanon.discover import inspect_entry
+    from medanon.storage import LocalSource
+
+    files = _big_instances()
+    c = raw_client(moto_s3)
+    for name, body in files.items():
+        c.put_object(Bucket=BUCKET, Key=f"hdr/{PHI}/{name}", Body=body)
+        (tmp_path / name).write_bytes(body)
+    src = S3Source(f"s3://{BUCKET}/hdr", endpoint_url=moto_s3.endpoint_url)
+    fetched: list[tuple[int, int]] = []
+    real_get_range = S3Source._get_range
+
+    def counting(self, key, start, end, etag):
+        fetched.append((start, end))
+        return real_get_range(self, key, start, end, etag)
+
+    monkeypatch.setattr(S3Source, "_get_range", counting)
+    monkeypatch.setattr(S3Source, "open", lambda *a: pytest.fail("discovery downloaded a whole object"))
+
+    local = LocalSource(tmp_path)
+    entries = {e.relpath.rsplit("/", 1)[1]: e for e in src.iter_entries()}
+    for name, body in files.items():
+        fetched.clear()
+        got = inspect_entry(src, entries[name]).as_row()
+        want = inspect_entry(local, next(e for e in local.iter_entries() if e.relpath == name)).as_row()
+        for k in ("relpath", "token"):
+            got.pop(k), want.pop(k)
+        assert got == want, name  # the same outcome as reading the whole local file
+        moved = sum(e - s for s, e in fetched)
+        if name == "native.dcm":
+            assert got["kind"] == "dicom" and len(fetched) == 1 and moved <= 256 * 1024
+        elif name in ("encapsulated.dcm", "padded.dcm"):
+            # fragment headers, or the elements after the pixel data, are reached by small ranged reads
+            assert got["kind"] == "dicom" and moved < len(body) / 2, (name, fetched)
+        else:
+            assert got["reason"] == "truncated"
+
+    # an object replaced after it was listed is not read half old, half new: read-error, and the
+    # next run lists its new ETag
+    c.put_object(Bucket=BUCKET, Key=f"hdr/{PHI}/native.dcm", Body=files["native.dcm"][:-2] + b"\0\0")
+    got = inspect_entry(src, entries["native.dcm"])
+    assert (got.kind, got.reason) == ("quarantine", "read-error")
+
+    # the storage failing is not a property of the file: it is raised, never a quarantine reason
+    quick = S3Source(f"s3://{BUCKET}/hdr", endpoint_url=moto_s3.endpoint_url, max_attempts=2,
+                     backoff_base=0.05, client_max_attempts=1, connect_timeout=1, read_timeout=2)
+    moto_s3.kill()
+    with pytest.raises(StorageError) as ei:
+        inspect_entry(quick, entries["encapsulated.dcm"])
+    assert PHI not in str(ei.value) and not isinstance(ei.value, OSError)

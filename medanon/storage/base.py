@@ -71,5 +71,9 @@ class Source(Protocol):
     def open(self, relpath: str) -> BinaryIO:
         """A seekable binary stream of the entry."""
 
+    def open_header(self, entry: SourceEntry) -> BinaryIO:
+        """A seekable binary stream of the entry for reading its header: a remote source
+        fetches only the byte ranges that are read."""
+
     def local_path(self, relpath: str) -> str | None:
         """The entry's local filesystem path, or None for remote sources."""

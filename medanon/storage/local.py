@@ -44,6 +44,9 @@ class LocalSource:
     def open(self, relpath: str) -> BinaryIO:
         return open(self.root / relpath, "rb")
 
+    def open_header(self, entry: SourceEntry) -> BinaryIO:
+        return self.open(entry.relpath)
+
     def local_path(self, relpath: str) -> str:
         return str(self.root / relpath)
 

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 from .base import SourceEntry, StorageError, TargetFull
 
-__all__ = ["S3Target", "S3Source", "ObjectNotFound", "parse_s3_url"]
+__all__ = ["S3Target", "S3Source", "ObjectNotFound", "ObjectChanged", "parse_s3_url"]
 
 T = TypeVar("T")
 
@@ -48,6 +48,8 @@ MIN_PART_SIZE = 5 * MIB  # S3 minimum for every part but the last
 MAX_PARTS = 10_000
 CHUNK = 1 * MIB
 SPOOL_MAX = 64 * MIB
+HEAD_BLOCK = 256 * 1024  # first ranged read of a header: what discovery's split path reads
+FAR_BLOCK = 8 * 1024  # later ranged reads: element or fragment headers far into the object
 
 THROTTLE_CODES = frozenset({
     "SlowDown", "Throttling", "ThrottlingException", "ThrottledException",
@@ -81,6 +83,11 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 
 class ObjectNotFound(StorageError, FileNotFoundError):
     """The object does not exist (also a FileNotFoundError, like a missing local file)."""
+
+
+class ObjectChanged(StorageError, OSError):
+    """The object changed after it was listed (If-Match failed). The next run lists its new
+    ETag and reads it again."""
 
 
 class _LocalReadError(StorageError):
@@ -292,6 +299,39 @@ class _S3Base:
             token = page.get("NextContinuationToken")
             if not token:
                 return
+
+    def _get_range(self, key: str, start: int, end: int, etag: str) -> bytes:
+        """Bytes [start, end) of an object, only if its ETag is still ``etag`` (when given)."""
+
+        def attempt() -> bytes:
+            import botocore.exceptions as bce
+
+            kwargs = {"Bucket": self.bucket, "Key": key, "Range": f"bytes={start}-{end - 1}"}
+            if etag:
+                kwargs["IfMatch"] = etag
+            failed = None
+            try:
+                resp = self.client.get_object(**kwargs)
+            except bce.ClientError as exc:
+                code, status = _error_code(exc)
+                if status == 404 or code in NOT_FOUND_CODES:
+                    failed = ObjectNotFound("object not found")
+                elif status == 412 or code == "PreconditionFailed":
+                    failed = ObjectChanged("object changed since it was listed")
+                else:
+                    raise
+            if failed is not None:
+                raise failed
+            body = resp["Body"]
+            try:
+                data = body.read()
+            finally:
+                body.close()
+            if len(data) != end - start:
+                raise _Retryable("short read")
+            return data
+
+        return self._retry("get", attempt)
 
     def _download(self, key: str, sink: BinaryIO) -> int:
         """Stream an object into sink (rewound and truncated on each retry); returns its size."""
@@ -629,5 +669,71 @@ class S3Source(_S3Base):
         spool.seek(0)
         return spool  # type: ignore[return-value]
 
+    def open_header(self, entry: SourceEntry) -> BinaryIO:
+        """A seekable stream of the entry that fetches only the byte ranges read (ranged GETs
+        bound to the listed ETag): reading a header does not download the pixel data."""
+        return _RangedObject(self, self._key(entry.relpath), entry.size, entry.token)  # type: ignore[return-value]
+
     def local_path(self, relpath: str) -> None:
+        return None
+
+
+class _RangedObject(io.RawIOBase):
+    """Read-only, seekable view of one object of known size.
+
+    Each read that misses the ranges kept fetches one range from the read position: at least
+    HEAD_BLOCK bytes for the first read of the header, FAR_BLOCK bytes further on, or the whole
+    read when it is larger. The last few ranges are kept (bounded memory). Every GET carries
+    If-Match with the listed ETag, so an object replaced while it is read is never read half old,
+    half new (ObjectChanged)."""
+
+    KEEP = 4
+    ranged = True  # discovery parses it in place instead of reading it into memory first
+
+    def __init__(self, source: S3Source, key: str, size: int, etag: str):
+        super().__init__()
+        self._source, self._key, self._size, self._etag = source, key, size, etag
+        self._pos = 0
+        self._ranges: list[tuple[int, bytes]] = []
+        self.fetches = 0  # ranged GETs made (for tests and curiosity)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readall(self) -> bytes:
+        return self.read(max(0, self._size - self._pos))  # one ranged GET, not one per 8 KiB
+
+    def readinto(self, buf) -> int:
+        n = min(len(buf), self._size - self._pos)
+        if n <= 0:
+            return 0
+        data = self._kept(self._pos, n)
+        if data is None:
+            block = HEAD_BLOCK if self._pos < HEAD_BLOCK else FAR_BLOCK
+            end = min(self._size, self._pos + max(n, block))
+            fetched = self._source._get_range(self._key, self._pos, end, self._etag)
+            self.fetches += 1
+            self._ranges = [(self._pos, fetched)] + self._ranges[:self.KEEP - 1]
+            data = fetched[:n]
+        buf[:n] = data
+        self._pos += n
+        return n
+
+    def _kept(self, pos: int, n: int) -> bytes | None:
+        for start, data in self._ranges:
+            if start <= pos and pos + n <= start + len(data):
+                return data[pos - start:pos - start + n]
         return None
