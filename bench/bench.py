@@ -151,24 +151,37 @@ print("BENCH_RESULT " + json.dumps({"files": n, "seconds": time.perf_counter() -
 
 # The fixed cost of any medanon run: Python start-up, medanon's imports (Prefect, pydicom), and a
 # Prefect flow run that does nothing, with medanon's default task runner, created and torn down
-# through the same API. No file is read or written.
+# through the same API. No file is read or written. Then the cost of one task run: a flow run
+# with TASKS no-op task runs submitted as medanon submits its batches, against the empty one.
 FLOOR_CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
 sys.path.insert(0, sys.argv[1])
 import flows.anonymize  # everything a medanon run imports
-from prefect import flow
+from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
 imported = time.perf_counter() - t0
+TASKS = 40
+
+@task
+def noop(n):
+    return n
 
 @flow(name="medanon-bench-floor", persist_result=False)
-def floor():
-    with ThreadPoolTaskRunner(max_workers=4):
-        return 0
+def floor(tasks):
+    with ThreadPoolTaskRunner(max_workers=4) as runner:
+        for n in range(tasks):
+            runner.submit(noop, {"n": n}).result()
 
-t1 = time.perf_counter()
-floor()
-print("BENCH_RESULT " + json.dumps({"imports": imported, "flow_call": time.perf_counter() - t1}))
+t1, c1 = time.perf_counter(), time.process_time()
+floor(0)
+empty, empty_cpu = time.perf_counter() - t1, time.process_time() - c1
+t2, c2 = time.perf_counter(), time.process_time()
+floor(TASKS)
+with_tasks, with_tasks_cpu = time.perf_counter() - t2, time.process_time() - c2
+print("BENCH_RESULT " + json.dumps({"imports": imported, "flow_call": empty, "second_flow": with_tasks,
+                                     "task_run": max(0.0, with_tasks - empty) / TASKS,
+                                     "task_run_cpu": max(0.0, with_tasks_cpu - empty_cpu) / TASKS}))
 """
 
 DICOGNITO_CHILD = r"""
@@ -429,11 +442,15 @@ def run_floor(work: Path, api: str, server_url: str | None) -> dict:
     log(f"running the Prefect floor ({api}) ...")
     r = run_child([sys.executable, "-c", FLOOR_CHILD, str(ROOT)], env, logs / f"floor-{api}")
     marked = _marked(r["stdout"])
-    res = {"api": api, "status": "ok" if r["rc"] == 0 and marked else "failed", "wall": r["wall"],
-           "imports": round(marked.get("imports", 0), 2), "flow_call": round(marked.get("flow_call", 0), 2)}
+    res = {"api": api, "status": "ok" if r["rc"] == 0 and marked else "failed",
+           "imports": round(marked.get("imports", 0), 2), "flow_call": round(marked.get("flow_call", 0), 2),
+           "task_run_ms": round(marked.get("task_run", 0) * 1000, 1),
+           "task_run_cpu_ms": round(marked.get("task_run_cpu", 0) * 1000, 1)}
+    res["wall"] = round(r["wall"] - marked.get("second_flow", 0), 2)  # the process, less the second flow run
     if res["status"] != "ok":
         res["stderr_tail"] = r.get("stderr_tail", "")
-    log(f"  floor ({api}): wall={res['wall']}s imports={res['imports']}s empty flow={res['flow_call']}s")
+    log(f"  floor ({api}): wall={res['wall']}s imports={res['imports']}s empty flow={res['flow_call']}s "
+        f"task run={res['task_run_ms']}ms ({res['task_run_cpu_ms']}ms CPU)")
     return res
 
 
@@ -447,9 +464,24 @@ def budget(report: dict) -> list[str]:
     for f in report.get("floor", []):
         if f["status"] == "ok":
             lines.append(f"Prefect floor ({f['api']}): {f['wall']:.2f} s wall for an empty flow run "
-                         f"(imports {f['imports']} s, flow run {f['flow_call']} s)")
+                         f"(imports {f['imports']} s, flow run {f['flow_call']} s); one task run takes "
+                         f"{f['task_run_ms']} ms one after another, {f['task_run_cpu_ms']} ms of it CPU")
     if "cp" in by:
         lines.append(f"cp -r: {by['cp']['wall']:.2f} s")
+    # Prefect's cost per batch: a medanon run makes 3 task runs per batch of instances (inspect,
+    # scrub, export) plus 4 (discover, pair, remap, manifest). Their latency one after another is
+    # an upper bound (batches run 4 at a time); their CPU is what they take from GIL-bound work.
+    words = shlex.split(report.get("medanon_args", ""))
+    size = int(words[words.index("--batch-size") + 1]) if "--batch-size" in words else 500
+    task_runs = 3 * -(-report["n"] // size) + 4
+    runs = [r for r in report["results"] if r["tool"] == "medanon" and r["status"] == "ok" and r.get("inner_seconds")]
+    for f in report.get("floor", []):
+        for m in runs:
+            if f["status"] == "ok" and (m["label"].startswith("medanon (embedded")) == (f["api"] == "embedded"):
+                cost, cpu = (task_runs * f[k] / 1000 for k in ("task_run_ms", "task_run_cpu_ms"))
+                lines.append(f"{m['label']}: {task_runs} task runs (batches of {size}) take at most {cost:.2f} s "
+                             f"({100 * cost / m['inner_seconds']:.1f} % of its flow time), {cpu * 1000:.0f} ms of it CPU "
+                             f"({100 * cpu / m['inner_seconds']:.1f} %)")
     return lines
 
 
@@ -538,7 +570,7 @@ def table(report: dict) -> str:
                       f"wait4 ru_maxrss {m['maxrss_mb']} MB; summary {json.dumps(m.get('summary'))}"]
     spent = budget(report)
     if spent:
-        lines += ["", "Budget: " + "; ".join(spent)]
+        lines += ["", "Budget and fixed costs:"] + [f"- {line}" for line in spent]
     f = report["machine"]
     lines += ["", f"machine: {f['nproc']} CPUs ({f['cpu']}), {f['memory']}, Python {f['python']}, "
                   + ", ".join(f"{k} {v}" for k, v in f["versions"].items() if v)]
@@ -618,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
                 apis = dict.fromkeys("embedded" if api == "embedded" else "server" for api, _ in runs)
                 floors = [run_floor(work, api, server_url) for api in apis]
         report = {"n": args.n, "mode": "memory" if args.memory else "speed", "workdir": str(work),
-                  "medanon_runs": args.medanon_runs, "warm_up": args.warm_up,
+                  "medanon_runs": args.medanon_runs, "medanon_args": args.medanon_args, "warm_up": args.warm_up,
                   "archive": archive, "results": results, "floor": floors, "ratios": ratios(results), "machine": machine_facts()}
         text = table(report)
         if args.json:
