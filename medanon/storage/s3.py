@@ -300,29 +300,30 @@ class _S3Base:
             if not token:
                 return
 
+    def _get_object(self, **kwargs) -> dict:
+        """One GetObject call; a missing object raises ObjectNotFound and a failed If-Match
+        ObjectChanged (neither retried, neither carrying botocore's message, which names the key)."""
+        import botocore.exceptions as bce
+
+        failed = None
+        try:
+            return self.client.get_object(Bucket=self.bucket, **kwargs)
+        except bce.ClientError as exc:
+            code, status = _error_code(exc)
+            if status == 404 or code in NOT_FOUND_CODES:
+                failed = ObjectNotFound("object not found")
+            elif status == 412 or code == "PreconditionFailed":
+                failed = ObjectChanged("object changed since it was listed")
+            else:
+                raise
+        raise failed
+
     def _get_range(self, key: str, start: int, end: int, etag: str) -> bytes:
         """Bytes [start, end) of an object, only if its ETag is still ``etag`` (when given)."""
 
         def attempt() -> bytes:
-            import botocore.exceptions as bce
-
-            kwargs = {"Bucket": self.bucket, "Key": key, "Range": f"bytes={start}-{end - 1}"}
-            if etag:
-                kwargs["IfMatch"] = etag
-            failed = None
-            try:
-                resp = self.client.get_object(**kwargs)
-            except bce.ClientError as exc:
-                code, status = _error_code(exc)
-                if status == 404 or code in NOT_FOUND_CODES:
-                    failed = ObjectNotFound("object not found")
-                elif status == 412 or code == "PreconditionFailed":
-                    failed = ObjectChanged("object changed since it was listed")
-                else:
-                    raise
-            if failed is not None:
-                raise failed
-            body = resp["Body"]
+            condition = {"IfMatch": etag} if etag else {}
+            body = self._get_object(Key=key, Range=f"bytes={start}-{end - 1}", **condition)["Body"]
             try:
                 data = body.read()
             finally:
@@ -337,20 +338,9 @@ class _S3Base:
         """Stream an object into sink (rewound and truncated on each retry); returns its size."""
 
         def attempt() -> int:
-            import botocore.exceptions as bce
-
             sink.seek(0)
             sink.truncate()
-            missing = False
-            try:
-                resp = self.client.get_object(Bucket=self.bucket, Key=key)
-            except bce.ClientError as exc:
-                code, status = _error_code(exc)
-                if not (status == 404 or code in NOT_FOUND_CODES):
-                    raise
-                missing = True
-            if missing:
-                raise ObjectNotFound("object not found")
+            resp = self._get_object(Key=key)
             expected = resp.get("ContentLength")
             body = resp["Body"]
             n = 0
