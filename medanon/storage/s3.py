@@ -685,7 +685,6 @@ class _RangedObject(io.RawIOBase):
         self._source, self._key, self._size, self._etag = source, key, size, etag
         self._pos = 0
         self._ranges: list[tuple[int, bytes]] = []
-        self.fetches = 0  # ranged GETs made (for tests and curiosity)
 
     def readable(self) -> bool:
         return True
@@ -715,7 +714,6 @@ class _RangedObject(io.RawIOBase):
             block = HEAD_BLOCK if self._pos < HEAD_BLOCK else FAR_BLOCK
             end = min(self._size, self._pos + max(n, block))
             fetched = self._source._get_range(self._key, self._pos, end, self._etag)
-            self.fetches += 1
             self._ranges = [(self._pos, fetched)] + self._ranges[:self.KEEP - 1]
             data = fetched[:n]
         buf[:n] = data
