@@ -21,7 +21,7 @@ from typing import Any, Literal
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
-__all__ = ["MedanonS3Source", "MedanonS3Target", "resolve_location", "shared_options", "CONNECTION_KEYS"]
+__all__ = ["MedanonS3Source", "MedanonS3Target", "resolve_location", "CONNECTION_KEYS"]
 
 # The keyword arguments of S3Source/S3Target that describe how to reach a bucket.
 CONNECTION_KEYS = ("endpoint_url", "region_name", "aws_access_key_id", "aws_secret_access_key", "session_token")
@@ -147,17 +147,3 @@ def resolve_location(url: str | None, block_name: str | None, side: Literal["sou
     else:
         options = {}
     return url, options, budget
-
-
-def shared_options(source: tuple[str, dict], target: tuple[str, dict]) -> dict[str, Any]:
-    """One set of S3 options for a run (workers open the source and the target with the same options).
-
-    When both sides are buckets, they must be reached with the same endpoint, region and credentials."""
-    (src_url, src_opts), (tgt_url, tgt_opts) = source, target
-    src_s3, tgt_s3 = src_url.startswith("s3://"), tgt_url.startswith("s3://")
-    if src_s3 and tgt_s3 and src_opts != tgt_opts:
-        differ = sorted(k for k in set(src_opts) | set(tgt_opts) if src_opts.get(k) != tgt_opts.get(k))
-        raise ValueError("an S3 source and an S3 target must use the same connection settings "
-                         f"(they differ in: {', '.join(differ)}); give blocks with the same endpoint, region "
-                         "and credentials for both")
-    return dict(tgt_opts if tgt_s3 else src_opts)

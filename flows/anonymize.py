@@ -22,7 +22,7 @@ from medanon.pipeline import Batch, BatchIncomplete, WorkerConfig, default_state
 from medanon.profile import get_profile
 from medanon.request import RunRequest, TargetChoice
 from medanon.state import StateStore
-from medanon.storage import LocalTarget, open_target
+from medanon.storage import LocalTarget
 from tasks.discover import discover, inspect
 from tasks.export import export, manifest
 from tasks.pair import pair
@@ -63,9 +63,9 @@ def _in_deployment() -> bool:
 def worker_config(req: RunRequest, state_dir: str, target: str, cache_scope: str = "") -> WorkerConfig:
     """Resolve the key and the S3 blocks (locations, endpoint, region, credentials, byte budget).
 
-    Credentials go only into ``s3_options`` (hidden from reprs and masked in dumps), never into
+    Credentials go only into each side's options (hidden from reprs and masked in dumps), never into
     parameters, names or logs. A byte budget given with the run wins over the target block's."""
-    from blocks.s3 import resolve_location, shared_options
+    from blocks.s3 import resolve_location
 
     key = load_key(key_file=req.key_file, key_block=req.key_block, state_dir=state_dir)
     source, source_opts, _ = resolve_location(req.source, req.source_block, "source", req.s3_options())
@@ -73,7 +73,7 @@ def worker_config(req: RunRequest, state_dir: str, target: str, cache_scope: str
     byte_budget = req.byte_budget if req.byte_budget is not None else block_budget
     return WorkerConfig(source=source, target=target, profile=get_profile(req.profile), key=key,
                         layout=req.layout, allow_burned_in=req.allow_burned_in, byte_budget=byte_budget, sync=req.sync,
-                        s3_options=shared_options((source, source_opts), (target, target_opts)),
+                        source_options=source_opts, target_options=target_opts,
                         cache_scope=cache_scope)
 
 
@@ -144,7 +144,7 @@ def anonymize(request: RunRequest) -> dict:
             targets_used = []
             attempt = 0
             while True:
-                tgt = open_target(target, byte_budget=req.byte_budget, **cfg.s3_options)
+                tgt = cfg.open_target()
                 if isinstance(tgt, LocalTarget):
                     tgt.remove_stale_temp()  # left by a killed run; never part of the output
                 free = tgt.free_bytes()

@@ -137,11 +137,10 @@ def pair_pending(cfg, store, run_id: str, batch_size: int = 500) -> dict:
     once, new ones after those already numbered, in the order of a keyed hash of their content
     (never of their source names). Returns PHI-free counts."""
     from .reportstage import report_out_path
-    from .storage import open_source
 
     pseudo = cfg.pseudonymizer()
     store.reopen_unpaired_reports(cfg.source)
-    source = open_source(cfg.source, **cfg.s3_options)
+    source = cfg.open_source()
     index = StoreIndex(store, cfg.source)
     by_study: dict[str, list[dict]] = {}
     held: list[tuple[int, str]] = []

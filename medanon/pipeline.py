@@ -43,15 +43,25 @@ class WorkerConfig(BaseModel):
     # the state store's identity: a cached batch result only stands in for a write recorded by
     # the same state store (a fresh state dir never trusts another run's cache)
     cache_scope: str = ""
-    # endpoint, region and possibly credentials (from an S3 block): never in reprs, masked in dumps
-    s3_options: dict = Field(default_factory=dict, repr=False)
+    # each side's endpoint, region and possibly credentials (from the run or an S3 block): never in
+    # reprs, masked in dumps. A bucket source and a bucket target may be on different services.
+    source_options: dict = Field(default_factory=dict, repr=False)
+    target_options: dict = Field(default_factory=dict, repr=False)
 
     _S3_SECRET_OPTIONS: ClassVar[frozenset] = frozenset({"aws_access_key_id", "aws_secret_access_key",
                                                          "session_token"})
 
-    @field_serializer("s3_options")
+    @field_serializer("source_options", "target_options")
     def _mask_s3_secrets(self, opts: dict) -> dict:
         return {k: ("**********" if k in self._S3_SECRET_OPTIONS and v else v) for k, v in opts.items()}
+
+    def open_source(self):
+        return open_source(self.source, **self.source_options)
+
+    def open_target(self, byte_budget: int | None = None):
+        """The target, with ``byte_budget`` (default: this config's)."""
+        return open_target(self.target, byte_budget=self.byte_budget if byte_budget is None else byte_budget,
+                           **self.target_options)
 
     def pseudonymizer(self) -> Pseudonymizer:
         return Pseudonymizer(self.key.get_secret_value(), self.profile.uid_root, self.profile.date_shift_max_days)
@@ -61,7 +71,7 @@ class WorkerConfig(BaseModel):
         parts = [__version__, self.profile.identity(), self.pseudonymizer().fingerprint(), self.layout,
                  self.target, str(self.allow_burned_in), self.cache_scope]
         if self.target.startswith("s3://"):  # the same bucket name on another endpoint is another target
-            parts.append(str(self.s3_options.get("endpoint_url") or ""))
+            parts.append(str(self.target_options.get("endpoint_url") or ""))
         return "|".join(parts)
 
 
@@ -100,7 +110,7 @@ def inspect_batch(cfg: WorkerConfig, entries: list[tuple]) -> list[tuple[int, In
     """entries: (file_id, relpath, size, token). Header-only reads."""
     from .reports_hook import report_sniffer
 
-    source = open_source(cfg.source, **cfg.s3_options)
+    source = cfg.open_source()
     sniffer, memo = report_sniffer(), {}
     out = []
     for file_id, relpath, size, token in entries:
@@ -223,8 +233,8 @@ def scrub_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple[int, str, st
     """
     from .scrub import Scrubber
 
-    source = open_source(cfg.source, **cfg.s3_options)
-    target = open_target(cfg.target, byte_budget=cfg.byte_budget, **cfg.s3_options)
+    source = cfg.open_source()
+    target = cfg.open_target()
     scrubber = Scrubber(cfg.profile, cfg.pseudonymizer())
     memo = scrubber.element_memo()
 

@@ -20,7 +20,7 @@ import warnings
 import pydicom
 
 from .pipeline import WorkerConfig
-from .storage import StorageError, TargetFull, open_source, open_target
+from .storage import StorageError, TargetFull
 
 REPORT_MODALITY = "REPORT"
 EXTENSIONS = {"text": "txt", "hl7": "hl7"}
@@ -80,8 +80,8 @@ def report_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple]) -> dict:
     reasons, a full target stops the batch (``target_full``)."""
     from .reports import parse_report, scrub_report
 
-    source = open_source(cfg.source, **cfg.s3_options)
-    target = open_target(cfg.target, byte_budget=cfg.byte_budget, **cfg.s3_options)
+    source = cfg.open_source()
+    target = cfg.open_target()
     pseudo = cfg.pseudonymizer()
     studies: dict[str, tuple | None] = {}
     result = {"batch": batch_no, "exported": 0, "skipped_identical": 0, "bytes_out": 0,

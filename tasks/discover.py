@@ -9,13 +9,12 @@ from prefect.cache_policies import NO_CACHE
 
 from medanon.pipeline import WorkerConfig, inspect_batch
 from medanon.state import StateStore
-from medanon.storage import open_source
 
 
 @task(name="discover", task_run_name="discover-{label}", cache_policy=NO_CACHE, persist_result=False)
 def discover(cfg: WorkerConfig, store: StateStore, run_id: str, label: str) -> dict:
     """Walk the source (flow side: the listing goes to the state store only). Returns counts."""
-    source = open_source(cfg.source, **cfg.s3_options)
+    source = cfg.open_source()
     return store.register(cfg.source, source.iter_entries(), run_id)
 
 

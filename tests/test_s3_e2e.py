@@ -272,6 +272,44 @@ def test_bucket_source_and_target_from_blocks_only(blocks, sample, moto, prefect
     assert hits == []
 
 
+def test_source_and_target_on_different_services(blocks, sample, moto, prefect_api, tmp_path):
+    """The source bucket on one S3 service, the target on another with its own endpoint and
+    credentials, each from its own block: the run reads from the first and writes only to the
+    second."""
+    _, sources, needles = sample
+    api, home = prefect_api
+    env = _env(home, api, aws=False)
+    other_bucket = "research-elsewhere"
+    other = MotoS3Server(buckets=[other_bucket], log_path=str(tmp_path / "moto-other.log")).start()
+    try:
+        script = textwrap.dedent(f"""
+            import json, sys
+            from blocks.s3 import MedanonS3Target
+            from flows.anonymize import anonymize
+            from medanon.request import RunRequest
+            MedanonS3Target(bucket={other_bucket!r}, prefix="study-42", endpoint_url={other.endpoint_url!r},
+                            region_name="eu-central-1", aws_access_key_id="AKIAOTHERSERVICE",
+                            aws_secret_access_key="other-secret").save("elsewhere", overwrite=True)
+            req = RunRequest(source_block="pacs", target_block="elsewhere", layout="study", label="two-services",
+                             state_dir=sys.argv[1])
+            print(json.dumps(anonymize(req)))
+            """)
+        proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "state")], env=env, cwd=str(ROOT),
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = _summary(proc.stdout)
+        assert summary["discovered"] == blocks["uploaded"] and summary["exported"] > 0
+        objects = _read_back(_client(other.endpoint_url), other_bucket, "study-42")
+        _check_export(objects, summary, sources, needles, "study")
+        # nothing was written on the source's service
+        assert _keys(_client(moto.endpoint_url), BUCKET, "study-42") == []
+        # the target's own credentials reach neither the run's output nor the Prefect server's files
+        assert b"other-secret" not in (proc.stdout + proc.stderr).encode()
+        assert [p for p in home.rglob("*") if p.is_file() and b"other-secret" in p.read_bytes()] == []
+    finally:
+        other.kill()
+
+
 def test_target_block_byte_budget_stops_then_continues(blocks, series40, moto, prefect_api, tmp_path):
     """A byte budget in the target block stops the run (exit 75) before the budget is exceeded; the
     block's credentials and budget apply to the s3:// URL given on the command line; the same command
