@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from .storage.base import Source, SourceEntry, StorageError
+from .storage.base import EntryChanged, Source, SourceEntry, StorageError
 
 REASONS = {
     "empty-file": "file is empty",
@@ -30,6 +30,7 @@ REASONS = {
     "structured-report": "structured report needs the Clean Structured Content option",
     "burned-in-annotation": "pixel data may carry burned-in text (use --allow-burned-in to export)",
     "read-error": "file could not be read",
+    "changed": "file changed after it was listed; the next run reads its new version",
     "scrub-error": "de-identification failed for this instance",
     "write-error": "the de-identified instance could not be written",
     "duplicate-instance": "another file holds the same SOP Instance UID",
@@ -137,6 +138,8 @@ def inspect_entry(source: Source, entry: SourceEntry, report_sniffer=None, memo:
         return Inspected(**base, kind="quarantine", reason="empty-file")
     try:
         fh = source.open_header(entry)
+    except EntryChanged:
+        return Inspected(**base, kind="quarantine", reason="changed")
     except OSError:
         return Inspected(**base, kind="quarantine", reason="read-error")
     with fh:
@@ -161,7 +164,9 @@ def inspect_entry(source: Source, entry: SourceEntry, report_sniffer=None, memo:
             end = fh.tell()
         except (InvalidDicomError, EOFError):
             return Inspected(**base, kind="quarantine", reason="truncated" if kind else "not-dicom")
-        except OSError:  # including an object that vanished or changed while it was read
+        except EntryChanged:  # an object replaced while it was read
+            return Inspected(**base, kind="quarantine", reason="changed")
+        except OSError:  # including an object that vanished while it was read
             return Inspected(**base, kind="quarantine", reason="read-error")
         except StorageError:  # the storage failed (retries exhausted), not the file: the batch fails
             raise

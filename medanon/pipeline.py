@@ -21,7 +21,7 @@ from . import fastpath
 from .discover import Inspected, in_memory, inspect_entry
 from .keys import Pseudonymizer
 from .profile import Profile
-from .storage import SourceEntry, StorageError, TargetFull, open_source, open_target
+from .storage import EntryChanged, SourceEntry, StorageError, TargetFull, open_source, open_target
 
 Layout = Literal["flat", "patient", "study", "series"]
 LAYOUTS = ("flat", "patient", "study", "series")
@@ -225,8 +225,8 @@ class BatchIncomplete(Exception):
         return (BatchIncomplete, (self.result,))
 
 
-def scrub_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple[int, str, str]]) -> dict:
-    """items: (file_id, source relpath, out relpath). Returns a PHI-free summary.
+def scrub_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple[int, str, str, str]]) -> dict:
+    """items: (file_id, source relpath, out relpath, listed token). Returns a PHI-free summary.
 
     Per-file failures become quarantine reasons; a full target stops the batch
     and reports how far it got (``target_full``).
@@ -243,9 +243,9 @@ def scrub_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple[int, str, st
 
     result = {"batch": batch_no, "exported": 0, "skipped_identical": 0, "bytes_out": 0,
               "quarantined": {}, "outputs": {}, "target_full": False, "pending": []}
-    for n, (file_id, relpath, out_rel) in enumerate(items):
+    for n, (file_id, relpath, out_rel, token) in enumerate(items):
         try:
-            with source.open(relpath) as raw_fh:
+            with source.open(relpath, token) as raw_fh:
                 size = raw_fh.seek(0, io.SEEK_END)
                 fh = in_memory(raw_fh, size)
                 try:
@@ -260,6 +260,9 @@ def scrub_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple[int, str, st
             result["target_full"] = True
             result["pending"] = [i[0] for i in items[n:]]
             break
+        except EntryChanged:  # not the version discovery classified and remap planned
+            result["quarantined"][file_id] = "changed"
+            continue
         except StorageError:
             result["quarantined"][file_id] = "write-error"
             continue

@@ -17,7 +17,7 @@ from .state import StateStore
 
 # re-evaluated every run: export policy, and failures that may have been transient
 POLICY_REASONS = ("burned-in-annotation", "structured-report", "encapsulated-document", "duplicate-instance",
-                  "write-error", "read-error")
+                  "write-error", "read-error", "changed")
 
 
 def remap_pending(cfg: WorkerConfig, store: StateStore, run_id: str, batch_size: int) -> dict:

@@ -141,7 +141,8 @@ class StateStore:
                     else:
                         # a file that could not be read last time is looked at again
                         db.execute("UPDATE files SET seen_run=?, kind=CASE WHEN kind='quarantine' AND "
-                                   "reason='read-error' THEN NULL ELSE kind END WHERE id=?", (run_id, row["id"]))
+                                   "reason IN ('read-error', 'changed') THEN NULL ELSE kind END WHERE id=?",
+                                   (run_id, row["id"]))
                         counts["unchanged"] += 1
             chunk.clear()
 

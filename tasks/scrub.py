@@ -36,7 +36,7 @@ def scrub(cfg: WorkerConfig, batch_no: int, items: list[tuple]) -> dict:
     """items: (file_id, source relpath, out relpath, size, token). Returns a PHI-free summary.
 
     A batch cut short by a full target raises BatchIncomplete, so it is never cached."""
-    result = scrub_batch(cfg, batch_no, [(i[0], i[1], i[2]) for i in items])
+    result = scrub_batch(cfg, batch_no, [(i[0], i[1], i[2], i[4]) for i in items])
     if result["target_full"]:
         raise BatchIncomplete(result)
     return result

@@ -453,11 +453,11 @@ def test_discovery_reads_only_headers_of_objects(moto_s3, tmp_path, monkeypatch)
         else:
             assert got["reason"] == "truncated"
 
-    # an object replaced after it was listed is not read half old, half new: read-error, and the
+    # an object replaced after it was listed is not read half old, half new: "changed", and the
     # next run lists its new ETag
     c.put_object(Bucket=BUCKET, Key=f"hdr/{PHI}/native.dcm", Body=files["native.dcm"][:-2] + b"\0\0")
     got = inspect_entry(src, entries["native.dcm"])
-    assert (got.kind, got.reason) == ("quarantine", "read-error")
+    assert (got.kind, got.reason) == ("quarantine", "changed")
 
     # the storage failing is not a property of the file: it is raised, never a quarantine reason
     quick = S3Source(f"s3://{BUCKET}/hdr", endpoint_url=moto_s3.endpoint_url, max_attempts=2,
@@ -466,3 +466,34 @@ def test_discovery_reads_only_headers_of_objects(moto_s3, tmp_path, monkeypatch)
     with pytest.raises(StorageError) as ei:
         inspect_entry(quick, entries["encapsulated.dcm"])
     assert PHI not in str(ei.value) and not isinstance(ei.value, OSError)
+
+
+def test_scrub_reads_only_the_listed_version(moto_s3, tmp_path):
+    """The scrub downloads an object only in the version discovery listed (If-Match on its ETag):
+    one replaced in between is quarantined as "changed", never scrubbed as another version; the
+    others are exported."""
+    from medanon.pipeline import WorkerConfig, scrub_batch
+    from medanon.profile import get_profile
+    from medanon.storage import EntryChanged
+
+    files = _big_instances()
+    c = raw_client(moto_s3)
+    for name in ("native.dcm", "encapsulated.dcm"):
+        c.put_object(Bucket=BUCKET, Key=f"scrub/{PHI}/{name}", Body=files[name])
+    src = S3Source(f"s3://{BUCKET}/scrub", endpoint_url=moto_s3.endpoint_url)
+    listed = {e.relpath.rsplit("/", 1)[1]: e for e in src.iter_entries()}
+    c.put_object(Bucket=BUCKET, Key=f"scrub/{PHI}/native.dcm", Body=files["padded.dcm"])  # replaced
+
+    with pytest.raises(EntryChanged) as ei:
+        src.open(listed["native.dcm"].relpath, listed["native.dcm"].token)
+    assert PHI not in str(ei.value) and ei.value.__context__ is None
+    with src.open(listed["encapsulated.dcm"].relpath, listed["encapsulated.dcm"].token) as fh:
+        assert fh.read() == files["encapsulated.dcm"]
+
+    cfg = WorkerConfig(source=src.url, target=str(tmp_path / "out"), profile=get_profile("research"),
+                       key=b"k" * 32, source_options={"endpoint_url": moto_s3.endpoint_url})
+    items = [(1, listed["native.dcm"].relpath, "a/1.dcm", listed["native.dcm"].token),
+             (2, listed["encapsulated.dcm"].relpath, "a/2.dcm", listed["encapsulated.dcm"].token)]
+    result = scrub_batch(cfg, 1, items)
+    assert result["quarantined"] == {1: "changed"} and result["exported"] == 1
+    assert sorted(p.name for p in (tmp_path / "out" / "a").iterdir()) == ["2.dcm"]

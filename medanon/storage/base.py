@@ -20,6 +20,11 @@ class StorageError(Exception):
     """A storage operation failed. Messages never carry source paths or PHI."""
 
 
+class EntryChanged(StorageError, OSError):
+    """The entry changed after it was listed: this run does not read it (the next run lists its
+    new version and reads that)."""
+
+
 class TargetFull(StorageError):
     """Writing would exceed the free space or the configured byte budget."""
 
@@ -68,8 +73,9 @@ class Source(Protocol):
 
     def iter_entries(self) -> Iterator[SourceEntry]: ...
 
-    def open(self, relpath: str) -> BinaryIO:
-        """A seekable binary stream of the entry."""
+    def open(self, relpath: str, token: str | None = None) -> BinaryIO:
+        """A seekable binary stream of the entry. With the entry's listed ``token``, a source that
+        can tell (an object store's ETag) raises EntryChanged rather than read another version."""
 
     def open_header(self, entry: SourceEntry) -> BinaryIO:
         """A seekable binary stream of the entry for reading its header: a remote source

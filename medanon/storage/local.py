@@ -41,8 +41,8 @@ class LocalSource:
                         continue
                 stack.extend(sorted(dirs, reverse=True))
 
-    def open(self, relpath: str) -> BinaryIO:
-        return open(self.root / relpath, "rb")
+    def open(self, relpath: str, token: str | None = None) -> BinaryIO:
+        return open(self.root / relpath, "rb")  # the token is not checked (mtimes move with copies)
 
     def open_header(self, entry: SourceEntry) -> BinaryIO:
         return self.open(entry.relpath)

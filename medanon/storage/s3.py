@@ -37,9 +37,9 @@ import time
 from typing import Any, BinaryIO, Callable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
-from .base import SourceEntry, StorageError, TargetFull
+from .base import EntryChanged, SourceEntry, StorageError, TargetFull
 
-__all__ = ["S3Target", "S3Source", "ObjectNotFound", "ObjectChanged", "parse_s3_url"]
+__all__ = ["S3Target", "S3Source", "ObjectNotFound", "parse_s3_url"]
 
 T = TypeVar("T")
 
@@ -83,11 +83,6 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 
 class ObjectNotFound(StorageError, FileNotFoundError):
     """The object does not exist (also a FileNotFoundError, like a missing local file)."""
-
-
-class ObjectChanged(StorageError, OSError):
-    """The object changed after it was listed (If-Match failed). The next run lists its new
-    ETag and reads it again."""
 
 
 class _LocalReadError(StorageError):
@@ -302,7 +297,7 @@ class _S3Base:
 
     def _get_object(self, **kwargs) -> dict:
         """One GetObject call; a missing object raises ObjectNotFound and a failed If-Match
-        ObjectChanged (neither retried, neither carrying botocore's message, which names the key)."""
+        EntryChanged (neither retried, neither carrying botocore's message, which names the key)."""
         import botocore.exceptions as bce
 
         failed = None
@@ -313,7 +308,7 @@ class _S3Base:
             if status == 404 or code in NOT_FOUND_CODES:
                 failed = ObjectNotFound("object not found")
             elif status == 412 or code == "PreconditionFailed":
-                failed = ObjectChanged("object changed since it was listed")
+                failed = EntryChanged("object changed since it was listed")
             else:
                 raise
         raise failed
@@ -322,8 +317,8 @@ class _S3Base:
         """Bytes [start, end) of an object, only if its ETag is still ``etag`` (when given)."""
 
         def attempt() -> bytes:
-            condition = {"IfMatch": etag} if etag else {}
-            body = self._get_object(Key=key, Range=f"bytes={start}-{end - 1}", **condition)["Body"]
+            body = self._get_object(Key=key, Range=f"bytes={start}-{end - 1}",
+                                    **({"IfMatch": etag} if etag else {}))["Body"]
             try:
                 data = body.read()
             finally:
@@ -334,13 +329,14 @@ class _S3Base:
 
         return self._retry("get", attempt)
 
-    def _download(self, key: str, sink: BinaryIO) -> int:
-        """Stream an object into sink (rewound and truncated on each retry); returns its size."""
+    def _download(self, key: str, sink: BinaryIO, etag: str | None = None) -> int:
+        """Stream an object into sink (rewound and truncated on each retry); returns its size.
+        With ``etag``, only that version (else EntryChanged)."""
 
         def attempt() -> int:
             sink.seek(0)
             sink.truncate()
-            resp = self._get_object(Key=key)
+            resp = self._get_object(Key=key, **({"IfMatch": etag} if etag else {}))
             expected = resp.get("ContentLength")
             body = resp["Body"]
             n = 0
@@ -647,12 +643,13 @@ class S3Source(_S3Base):
                 continue
             yield SourceEntry(self._rel(key), int(obj.get("Size", 0)), str(obj.get("ETag", "")).strip('"'))
 
-    def open(self, relpath: str) -> BinaryIO:
-        """A seekable stream: spooled in memory up to spool_max_size, then a private temp file."""
+    def open(self, relpath: str, token: str | None = None) -> BinaryIO:
+        """A seekable stream: spooled in memory up to spool_max_size, then a private temp file.
+        With the listed ETag as ``token``, only that version of the object (else EntryChanged)."""
         key = self._key(relpath)
         spool = tempfile.SpooledTemporaryFile(max_size=self.spool_max_size, prefix=".medanon-s3-")
         try:
-            self._download(key, spool)
+            self._download(key, spool, token)
         except BaseException:
             spool.close()
             raise
@@ -675,7 +672,7 @@ class _RangedObject(io.RawIOBase):
     HEAD_BLOCK bytes for the first read of the header, FAR_BLOCK bytes further on, or the whole
     read when it is larger. The last few ranges are kept (bounded memory). Every GET carries
     If-Match with the listed ETag, so an object replaced while it is read is never read half old,
-    half new (ObjectChanged)."""
+    half new (EntryChanged)."""
 
     KEEP = 4
     ranged = True  # discovery parses it in place instead of reading it into memory first
