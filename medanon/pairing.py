@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from .reports import parse_report
+from .storage import EntryChanged
 
 RULES = ("accession", "study-uid", "patient-date")
 UNMATCHED, AMBIGUOUS = "report-unmatched", "report-ambiguous"
@@ -124,8 +125,8 @@ def pair_report(ev: Evidence, index) -> Pairing:
     return Pairing(reason=UNMATCHED)
 
 
-def _read(source, relpath: str) -> bytes | None:
-    with source.open(relpath) as fh:
+def _read(source, relpath: str, token: str | None = None) -> bytes | None:
+    with source.open(relpath, token) as fh:
         data = fh.read(MAX_REPORT_BYTES + 1)
     return None if len(data) > MAX_REPORT_BYTES else data
 
@@ -147,7 +148,10 @@ def pair_pending(cfg, store, run_id: str, batch_size: int = 500) -> dict:
     for rows in store.iter_new_reports(cfg.source, batch_size):
         for r in rows:
             try:
-                data = _read(source, r["relpath"])
+                data = _read(source, r["relpath"], r["token"])
+            except EntryChanged:
+                held.append((r["id"], "changed"))
+                continue
             except OSError:
                 held.append((r["id"], "read-error"))
                 continue

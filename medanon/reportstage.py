@@ -20,7 +20,7 @@ import warnings
 import pydicom
 
 from .pipeline import WorkerConfig
-from .storage import StorageError, TargetFull
+from .storage import EntryChanged, StorageError, TargetFull
 
 REPORT_MODALITY = "REPORT"
 EXTENSIONS = {"text": "txt", "hl7": "hl7"}
@@ -74,7 +74,8 @@ def _header(source, relpath: str):
 
 
 def report_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple]) -> dict:
-    """items: (file_id, report relpath, out relpath, relpath of one instance of its study, ...).
+    """items: (file_id, report relpath, out relpath, relpath of one instance of its study, size,
+    listed token of the report).
 
     Returns a PHI-free summary shaped like scrub_batch's; per-file failures become quarantine
     reasons, a full target stops the batch (``target_full``)."""
@@ -87,7 +88,7 @@ def report_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple]) -> dict:
     result = {"batch": batch_no, "exported": 0, "skipped_identical": 0, "bytes_out": 0,
               "quarantined": {}, "outputs": {}, "target_full": False, "pending": []}
     for n, item in enumerate(items):
-        file_id, relpath, out_rel, dicom_rel = item[:4]
+        file_id, relpath, out_rel, dicom_rel, _size, token = item
         if dicom_rel not in studies:
             try:
                 studies[dicom_rel] = study_context(_header(source, dicom_rel), cfg, pseudo)
@@ -99,8 +100,11 @@ def report_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple]) -> dict:
             continue
         known, shift, info = ctx
         try:
-            with source.open(relpath) as fh:
+            with source.open(relpath, token) as fh:
                 data = fh.read()
+        except EntryChanged:  # not the text that was paired: never scrubbed with another study's names
+            result["quarantined"][file_id] = "changed"
+            continue
         except OSError:
             result["quarantined"][file_id] = "read-error"
             continue

@@ -249,7 +249,7 @@ def _inspect_both(path, monkeypatch):
     from medanon.storage import SourceEntry, open_source
 
     source = open_source(str(path.parent))
-    entry = SourceEntry(path.name, path.stat().st_size, "t")
+    entry = SourceEntry(path.name, path.stat().st_size, str(path.stat().st_mtime_ns))
     fast = discover.inspect_entry(source, entry)
     with monkeypatch.context() as m:
         m.setattr(discover, "_inspect_split", lambda *a, **k: None)

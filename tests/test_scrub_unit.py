@@ -129,6 +129,47 @@ def test_sniff_and_inspect_junk(tmp_path):
     assert inspect_entry(source, SourceEntry("gone", 10, "0")).reason == "read-error"
 
 
+
+def test_a_file_changed_after_listing_is_not_read(tmp_path):
+    """Every read of a local file after the listing (inspection, scrub, report pairing and export)
+    takes only the version listed: a file modified since is quarantined as "changed" (the next
+    run lists its new mtime), never classified, scrubbed or paired as another version."""
+    from medanon.pairing import _read
+    from medanon.pipeline import WorkerConfig, scrub_batch
+    from medanon.reportstage import report_batch
+    from medanon.storage import EntryChanged
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.dcm").write_bytes(open(get_testdata_file("CT_small.dcm"), "rb").read())
+    (src / "r.txt").write_bytes(b"FINDINGS: no acute abnormality.\nIMPRESSION: normal study.\n")
+    source = LocalSource(src)
+    listed = {e.relpath: e for e in source.iter_entries()}
+    assert inspect_entry(source, listed["a.dcm"]).kind == "dicom"
+    for name in ("a.dcm", "r.txt"):  # modified after the listing (same bytes, a new mtime)
+        st = os.stat(src / name)
+        os.utime(src / name, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    relisted = {e.relpath: e for e in source.iter_entries()}
+
+    got = inspect_entry(source, listed["a.dcm"])
+    assert (got.kind, got.reason) == ("quarantine", "changed")
+    assert inspect_entry(source, relisted["a.dcm"]).kind == "dicom"
+    with pytest.raises(EntryChanged) as ei:
+        _read(source, "r.txt", listed["r.txt"].token)
+    assert "r.txt" not in str(ei.value) and str(src) not in str(ei.value)
+    assert _read(source, "r.txt", relisted["r.txt"].token).startswith(b"FINDINGS")
+
+    cfg = WorkerConfig(source=str(src), target=str(tmp_path / "out"), profile=PROFILES["research"], key=KEY,
+                       sync=False)
+    stale = scrub_batch(cfg, 1, [(1, "a.dcm", "p/1.dcm", listed["a.dcm"].token)])
+    assert stale["quarantined"] == {1: "changed"} and stale["exported"] == 0
+    assert scrub_batch(cfg, 2, [(1, "a.dcm", "p/1.dcm", relisted["a.dcm"].token)])["exported"] == 1
+    size = listed["r.txt"].size
+    stale = report_batch(cfg, 3, [(2, "r.txt", "p/r.txt", "a.dcm", size, listed["r.txt"].token)])
+    assert stale["quarantined"] == {2: "changed"} and stale["exported"] == 0
+    fresh = report_batch(cfg, 4, [(2, "r.txt", "p/r.txt", "a.dcm", size, relisted["r.txt"].token)])
+    assert fresh["exported"] == 1 and fresh["quarantined"] == {}
+
 def test_burned_in_guard():
     from medanon.discover import Inspected
 

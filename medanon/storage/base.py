@@ -74,8 +74,8 @@ class Source(Protocol):
     def iter_entries(self) -> Iterator[SourceEntry]: ...
 
     def open(self, relpath: str, token: str | None = None) -> BinaryIO:
-        """A seekable binary stream of the entry. With the entry's listed ``token``, a source that
-        can tell (an object store's ETag) raises EntryChanged rather than read another version."""
+        """A seekable binary stream of the entry. With the entry's listed ``token`` (mtime, ETag),
+        an entry changed since it was listed raises EntryChanged instead of being read."""
 
     def open_header(self, entry: SourceEntry) -> BinaryIO:
         """A seekable binary stream of the entry for reading its header: a remote source

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from .base import SourceEntry, StorageError, TargetFull
+from .base import EntryChanged, SourceEntry, StorageError, TargetFull
 
 TMP_PREFIX = ".medanon-tmp-"
 
@@ -42,10 +42,16 @@ class LocalSource:
                 stack.extend(sorted(dirs, reverse=True))
 
     def open(self, relpath: str, token: str | None = None) -> BinaryIO:
-        return open(self.root / relpath, "rb")  # the token is not checked (mtimes move with copies)
+        """With the listed ``token`` (the file's mtime then), a file modified since raises
+        EntryChanged: it is read by the next run, whose listing sees the new mtime."""
+        fh = open(self.root / relpath, "rb")
+        if token is not None and str(os.fstat(fh.fileno()).st_mtime_ns) != token:
+            fh.close()
+            raise EntryChanged("file changed since it was listed")
+        return fh
 
     def open_header(self, entry: SourceEntry) -> BinaryIO:
-        return self.open(entry.relpath)
+        return self.open(entry.relpath, entry.token)
 
     def local_path(self, relpath: str) -> str:
         return str(self.root / relpath)
