@@ -67,15 +67,15 @@ def study_context(ds, cfg: WorkerConfig, pseudo):
     return known, shift, info
 
 
-def _header(source, relpath: str):
-    with source.open(relpath) as fh, warnings.catch_warnings():
+def _header(source, relpath: str, token: str | None = None):
+    with source.open(relpath, token) as fh, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return pydicom.dcmread(fh, stop_before_pixels=True, force=True)
 
 
 def report_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple]) -> dict:
     """items: (file_id, report relpath, out relpath, relpath of one instance of its study, size,
-    listed token of the report).
+    listed tokens of the report and of that instance).
 
     Returns a PHI-free summary shaped like scrub_batch's; per-file failures become quarantine
     reasons, a full target stops the batch (``target_full``)."""
@@ -84,19 +84,21 @@ def report_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple]) -> dict:
     source = cfg.open_source()
     target = cfg.open_target()
     pseudo = cfg.pseudonymizer()
-    studies: dict[str, tuple | None] = {}
+    studies: dict[str, tuple | str] = {}  # anchor relpath -> study context, or a quarantine reason
     result = {"batch": batch_no, "exported": 0, "skipped_identical": 0, "bytes_out": 0,
               "quarantined": {}, "outputs": {}, "target_full": False, "pending": []}
     for n, item in enumerate(items):
-        file_id, relpath, out_rel, dicom_rel, _size, token = item
+        file_id, relpath, out_rel, dicom_rel, _size, token, dicom_token = item
         if dicom_rel not in studies:
             try:
-                studies[dicom_rel] = study_context(_header(source, dicom_rel), cfg, pseudo)
+                studies[dicom_rel] = study_context(_header(source, dicom_rel, dicom_token), cfg, pseudo)
+            except EntryChanged:  # the study's identifiers may no longer be the ones paired with
+                studies[dicom_rel] = "changed"
             except Exception:  # noqa: BLE001 - missing or unreadable header: no known identifiers, no export
-                studies[dicom_rel] = None
+                studies[dicom_rel] = "read-error"
         ctx = studies[dicom_rel]
-        if ctx is None:
-            result["quarantined"][file_id] = "read-error"
+        if isinstance(ctx, str):
+            result["quarantined"][file_id] = ctx
             continue
         known, shift, info = ctx
         try:

@@ -314,9 +314,10 @@ class StateStore:
                 "out_relpath=:out_relpath WHERE id=:file_id", pairings)
 
     def iter_paired_reports(self, source: str, batch_size: int) -> Iterator[list[tuple]]:
-        """Batches of (id, relpath, out_relpath, anchor instance relpath, size, token) to scrub and export."""
+        """Batches of (id, relpath, out_relpath, anchor instance relpath, size, token, anchor token)
+        to scrub and export."""
         return self._paged(
-            "SELECT f.id, f.relpath, f.out_relpath, d.relpath, f.size, f.token FROM files f JOIN reports r "
+            "SELECT f.id, f.relpath, f.out_relpath, d.relpath, f.size, f.token, d.token FROM files f JOIN reports r "
             "ON r.file_id=f.id JOIN files d ON d.id=r.dicom_id WHERE f.source=? AND f.kind='report' "
             "AND f.status='paired' AND f.id>? ORDER BY f.id LIMIT ?", (source,), batch_size)
 

@@ -15,5 +15,6 @@ from medanon.reportstage import report_batch
       retries=1, retry_delay_seconds=2)
 @phi_safe
 def report(cfg: WorkerConfig, batch_no: int, items: list[tuple]) -> dict:
-    """items: (file_id, report relpath, out relpath, instance relpath, size, token). Returns a PHI-free summary."""
+    """items: (file_id, report relpath, out relpath, instance relpath, size, report token, instance token).
+    Returns a PHI-free summary."""
     return report_batch(cfg, batch_no, items)

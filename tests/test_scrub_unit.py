@@ -164,10 +164,13 @@ def test_a_file_changed_after_listing_is_not_read(tmp_path):
     stale = scrub_batch(cfg, 1, [(1, "a.dcm", "p/1.dcm", listed["a.dcm"].token)])
     assert stale["quarantined"] == {1: "changed"} and stale["exported"] == 0
     assert scrub_batch(cfg, 2, [(1, "a.dcm", "p/1.dcm", relisted["a.dcm"].token)])["exported"] == 1
-    size = listed["r.txt"].size
-    stale = report_batch(cfg, 3, [(2, "r.txt", "p/r.txt", "a.dcm", size, listed["r.txt"].token)])
+    size, a_now, a_then = listed["r.txt"].size, relisted["a.dcm"].token, listed["a.dcm"].token
+    stale = report_batch(cfg, 3, [(2, "r.txt", "p/r.txt", "a.dcm", size, listed["r.txt"].token, a_now)])
     assert stale["quarantined"] == {2: "changed"} and stale["exported"] == 0
-    fresh = report_batch(cfg, 4, [(2, "r.txt", "p/r.txt", "a.dcm", size, relisted["r.txt"].token)])
+    # the study's instance changed: its identifiers may not be those the report was paired with
+    stale = report_batch(cfg, 4, [(2, "r.txt", "p/r.txt", "a.dcm", size, relisted["r.txt"].token, a_then)])
+    assert stale["quarantined"] == {2: "changed"} and stale["exported"] == 0
+    fresh = report_batch(cfg, 5, [(2, "r.txt", "p/r.txt", "a.dcm", size, relisted["r.txt"].token, a_now)])
     assert fresh["exported"] == 1 and fresh["quarantined"] == {}
 
 def test_burned_in_guard():
