@@ -233,6 +233,19 @@ def blocks(sample, moto, prefect_api):
     return {"uploaded": uploaded, **secrets}
 
 
+
+def _flow_with_blocks(env: dict, state_dir: Path, setup: str = "", **request) -> subprocess.CompletedProcess:
+    """Call the flow in a subprocess as a deployment run from the UI form does: a RunRequest of
+    block names and options (``request``), after running ``setup`` (e.g. saving a block)."""
+    script = setup + textwrap.dedent("""
+        import json, sys
+        from flows.anonymize import anonymize
+        from medanon.request import RunRequest
+        print(json.dumps(anonymize(RunRequest(**json.loads(sys.argv[1]), state_dir=sys.argv[2]))))
+        """)
+    return subprocess.run([sys.executable, "-c", script, json.dumps(request), str(state_dir)], env=env,
+                          cwd=str(ROOT), capture_output=True, text=True, timeout=300)
+
 def test_bucket_source_and_target_from_blocks_only(blocks, sample, moto, prefect_api, tmp_path):
     """The flow called with block names only (as a deployment run from the UI form): the source is a
     bucket, the target another prefix; no credentials in the environment, so they can only come from
@@ -247,16 +260,8 @@ def test_bucket_source_and_target_from_blocks_only(blocks, sample, moto, prefect
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == "medanon: error: the run failed (StorageError)"
 
-    script = textwrap.dedent("""
-        import json, sys
-        from flows.anonymize import anonymize
-        from medanon.request import RunRequest
-        req = RunRequest(source_block="pacs", target_block="research", layout="patient", label="s3-blocks",
-                         state_dir=sys.argv[1])
-        print(json.dumps(anonymize(req)))
-        """)
-    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "state")], env=env, cwd=str(ROOT),
-                          capture_output=True, text=True, timeout=300)
+    proc = _flow_with_blocks(env, tmp_path / "state", source_block="pacs", target_block="research",
+                             layout="patient", label="s3-blocks")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = _summary(proc.stdout)
     assert summary["discovered"] == blocks["uploaded"]
@@ -282,20 +287,14 @@ def test_source_and_target_on_different_services(blocks, sample, moto, prefect_a
     other_bucket = "research-elsewhere"
     other = MotoS3Server(buckets=[other_bucket], log_path=str(tmp_path / "moto-other.log")).start()
     try:
-        script = textwrap.dedent(f"""
-            import json, sys
+        setup = textwrap.dedent(f"""
             from blocks.s3 import MedanonS3Target
-            from flows.anonymize import anonymize
-            from medanon.request import RunRequest
             MedanonS3Target(bucket={other_bucket!r}, prefix="study-42", endpoint_url={other.endpoint_url!r},
                             region_name="eu-central-1", aws_access_key_id="AKIAOTHERSERVICE",
                             aws_secret_access_key="other-secret").save("elsewhere", overwrite=True)
-            req = RunRequest(source_block="pacs", target_block="elsewhere", layout="study", label="two-services",
-                             state_dir=sys.argv[1])
-            print(json.dumps(anonymize(req)))
             """)
-        proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "state")], env=env, cwd=str(ROOT),
-                              capture_output=True, text=True, timeout=300)
+        proc = _flow_with_blocks(env, tmp_path / "state", setup, source_block="pacs", target_block="elsewhere",
+                                 layout="study", label="two-services")
         assert proc.returncode == 0, proc.stderr[-3000:]
         summary = _summary(proc.stdout)
         assert summary["discovered"] == blocks["uploaded"] and summary["exported"] > 0
