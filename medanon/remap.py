@@ -13,11 +13,11 @@ import json
 
 from .discover import Inspected, policy_reason
 from .pipeline import WorkerConfig, remap_rows
-from .state import StateStore
+from .state import REREAD_REASONS, StateStore
 
 # re-evaluated every run: export policy, and failures that may have been transient
 POLICY_REASONS = ("burned-in-annotation", "structured-report", "encapsulated-document", "duplicate-instance",
-                  "write-error", "read-error", "changed")
+                  "write-error") + REREAD_REASONS
 
 
 def remap_pending(cfg: WorkerConfig, store: StateStore, run_id: str, batch_size: int) -> dict:

@@ -70,6 +70,11 @@ def _secure_dir(path: Path) -> None:
         pass
 
 
+# Quarantine reasons about reading a file, not about its content: the file is looked at again by
+# the next run even when its listing is unchanged.
+REREAD_REASONS = ("read-error", "changed")
+
+
 class StateStore:
     def __init__(self, state_dir: str | os.PathLike):
         self.dir = Path(state_dir).expanduser().resolve()
@@ -141,8 +146,8 @@ class StateStore:
                     else:
                         # a file that could not be read last time is looked at again
                         db.execute("UPDATE files SET seen_run=?, kind=CASE WHEN kind='quarantine' AND "
-                                   "reason IN ('read-error', 'changed') THEN NULL ELSE kind END WHERE id=?",
-                                   (run_id, row["id"]))
+                                   f"reason IN ({','.join('?' * len(REREAD_REASONS))}) THEN NULL ELSE kind END "
+                                   "WHERE id=?", (run_id, *REREAD_REASONS, row["id"]))
                         counts["unchanged"] += 1
             chunk.clear()
 
