@@ -151,8 +151,8 @@ print("BENCH_RESULT " + json.dumps({"files": n, "seconds": time.perf_counter() -
 
 # The fixed cost of any medanon run: Python start-up, medanon's imports (Prefect, pydicom), and a
 # Prefect flow run that does nothing, with medanon's default task runner, created and torn down
-# through the same API. No file is read or written. Then the cost of one task run: a flow run
-# with TASKS no-op task runs submitted as medanon submits its batches, against the empty one.
+# through the same API. No file is read or written. Then the cost of one task run: TASKS no-op
+# task runs submitted as medanon submits its batches, timed inside a second flow run.
 FLOOR_CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
@@ -316,6 +316,15 @@ def child_env(extra: dict | None = None) -> dict:
     return env
 
 
+def prefect_env(home: Path, server_url: str | None = None, **extra: str) -> dict:
+    """child_env for a Prefect process with its own home: the ephemeral server, or the running
+    server at ``server_url``."""
+    env = child_env({"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **extra})
+    if server_url:
+        env["PREFECT_API_URL"] = server_url
+    return env
+
+
 def parse_runs(spec: str) -> list[tuple[str, list[str]]]:
     """'embedded;server --workers 2' -> [('embedded', []), ('server', ['--workers', '2'])]."""
     runs = []
@@ -339,7 +348,7 @@ def dask_cluster(home: Path, workers: int = 2):
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     dask = str(Path(sys.executable).with_name("dask"))
-    env = child_env({"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    env = prefect_env(home)
     procs = []
     with open(home / "dask.log", "w") as logf:
         try:
@@ -382,10 +391,7 @@ def run_tool(tool: str, src: Path, work: Path, n: int, args, api: str = "embedde
         for d in (state, home):
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True)
-        env = child_env({"MEDANON_KEY": args.key, "PREFECT_HOME": str(home),
-                         "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
-        if api in ("server", "dask"):
-            env["PREFECT_API_URL"] = server_url
+        env = prefect_env(home, server_url if api in ("server", "dask") else None, MEDANON_KEY=args.key)
         if api == "dask":
             extra = ["--dask-address", dask_address, *extra]
         cmd = medanon_cmd() + ["run", str(src), str(out), "--json", "--state-dir", str(state)]
@@ -436,9 +442,7 @@ def run_floor(work: Path, api: str, server_url: str | None) -> dict:
     home = work / "prefect-home-floor"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
-    env = child_env({"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
-    if api == "server":
-        env["PREFECT_API_URL"] = server_url
+    env = prefect_env(home, server_url if api == "server" else None)
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
     log(f"running the Prefect floor ({api}) ...")
