@@ -78,17 +78,15 @@ SPLIT_FILES = ["693_UNCI.dcm", "MR_small_implicit.dcm", "JPEG2000.dcm",
 
 
 def _deidentify(data: bytes, profile, split: bool, scrubber=None, memo=None):
-    from medanon.scrub import Scrubber
-
-    sc = scrubber or Scrubber(profile, Pseudonymizer(b"split-key"))
+    sc = scrubber or _split_scrubber(profile)
     return fastpath.deidentify_file(io.BytesIO(data), len(data), lambda ds, ctx=None: prepare(ds, sc, ctx),
                                     sc.keeps_as_read if split else None, memo)
 
 
-def _split_scrubber():
+def _split_scrubber(profile=PROFILES["research"]):
     from medanon.scrub import Scrubber
 
-    return Scrubber(PROFILES["research"], Pseudonymizer(b"split-key"))
+    return Scrubber(profile, Pseudonymizer(b"split-key"))
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
@@ -105,11 +103,9 @@ def test_split_path_gives_the_same_bytes(name, profile):
 
 @pytest.mark.parametrize("name", SPLIT_FILES)
 def test_split_path_is_taken_for_plain_files(name):
-    from medanon.scrub import Scrubber
-
     with open(data_file(name), "rb") as fh:
         data = fh.read()
-    sc = Scrubber(PROFILES["research"], Pseudonymizer(b"split-key"))
+    sc = _split_scrubber()
     out = fastpath._split_path(io.BytesIO(data), len(data), lambda ds, ctx=None: prepare(ds, sc, ctx),
                                sc.keeps_as_read)
     assert out is not None
@@ -174,10 +170,8 @@ def test_element_memo_gives_the_same_bytes_and_manifest_fields(tmp_path, profile
     """One memo over the whole sample archive and the test files, twice in a row (so that
     elements repeat within a series, across a patient's studies, and between passes): every
     output and every manifest field equals the split path without a memo."""
-    from medanon.scrub import Scrubber
-
     datas = _sample_instances(tmp_path / "s")
-    sc = Scrubber(PROFILES[profile], Pseudonymizer(b"split-key"))
+    sc = _split_scrubber(PROFILES[profile])
     memo = sc.element_memo()
     compared = 0
     for data in datas + datas:
@@ -199,8 +193,6 @@ def test_element_memo_keeps_patients_apart():
     """The same description in two patients' instances: it names the second patient, so only
     the second's copy must be cleaned. A memo keyed on the element alone would hand the
     second instance the first one's output, name included."""
-    from medanon.scrub import Scrubber
-
     def instance(name: str, pid: str) -> bytes:
         ds = pydicom.dcmread(data_file("693_UNCI.dcm"))
         ds.PatientName, ds.PatientID = name, pid
@@ -211,7 +203,7 @@ def test_element_memo_keeps_patients_apart():
         return buf.getvalue()
 
     first, second = instance("DOE^JOHN", "MRN1"), instance("ZABROWSKI^ANNA", "MRN2")
-    sc = Scrubber(PROFILES["research"], Pseudonymizer(b"split-key"))
+    sc = _split_scrubber()
     memo = sc.element_memo()
     assert b"ZABROWSKI" in _deidentify(first, PROFILES["research"], True, sc, memo).data
     out = _deidentify(second, PROFILES["research"], True, sc, memo)
@@ -224,9 +216,9 @@ def test_scrub_context_reads_only_its_input_tags(tmp_path, name):
     """The memo fingerprints an instance's context by CONTEXT_INPUT_TAGS: removing any other
     top-level element leaves the context unchanged (planted identifiers included)."""
     from medanon.samples import build_sample_archive
-    from medanon.scrub import CONTEXT_INPUT_TAGS, Scrubber
+    from medanon.scrub import CONTEXT_INPUT_TAGS
 
-    sc = Scrubber(PROFILES["research"], Pseudonymizer(b"split-key"))
+    sc = _split_scrubber()
     build_sample_archive(tmp_path / "s")
     planted = [p for p in sorted((tmp_path / "s").rglob("*.dcm")) if p.is_file()]
     paths = [data_file(name)] + planted[:3]
