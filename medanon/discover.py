@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from .storage.base import EntryChanged, Source, SourceEntry, StorageError
 
@@ -118,6 +119,9 @@ def _read_header(fp, kind: str):
 def _truncated(ds, size: int, end: int) -> bool:
     if end > size:
         return True
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        return False  # offsets are in the inflated dataset; zlib refuses a cut stream (unreadable)
     for elem in ds._dict.values():
         length = getattr(elem, "length", None)
         if length is None or length == 0xFFFFFFFF:

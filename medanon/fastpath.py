@@ -209,8 +209,10 @@ def deidentify_file(fh: BinaryIO, size: int, scrub: Callable,
     implicit, little = ds.original_encoding
     meta = getattr(ds, "file_meta", None)
     deflated = meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+    if deflated:  # the whole dataset was inflated to read its header: pixel data is inside it
+        return _full(fh, size, scrub, raw)
     end = None
-    if start < size and implicit is not None and not deflated:
+    if start < size and implicit is not None:
         end = rawsplit.element_end(fh, start, size, little, implicit)
     if end != size:  # pixel data not last, or no pixel data and more elements: full path
         return _full(fh, size, scrub, raw) if start < size else _header_only(ds, scrub)

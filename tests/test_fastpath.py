@@ -18,7 +18,8 @@ from medanon.storage import LocalTarget
 
 FILES = ["693_UNCI.dcm", "CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "rtplan.dcm", "emri_small_big_endian.dcm",
          "MR_small_implicit.dcm", "liver.dcm", "reportsi.dcm", "US1_UNCR.dcm", "SC_rgb.dcm",
-         "color3d_jpeg_baseline.dcm", "ExplVR_LitEndNoMeta.dcm", "emri_small_RLE.dcm", "OBXXXX1A_expb_2frame.dcm"]
+         "color3d_jpeg_baseline.dcm", "ExplVR_LitEndNoMeta.dcm", "emri_small_RLE.dcm", "OBXXXX1A_expb_2frame.dcm",
+         "image_dfl.dcm"]
 
 
 def _scrubber():
@@ -40,6 +41,26 @@ def test_fast_path_equals_full_read_and_write(name):
     back = pydicom.dcmread(io.BytesIO(out.data))
     if "PixelData" in full:
         assert back.PixelData == pydicom.dcmread(path, force=True).PixelData
+
+
+def test_a_deflated_instance_is_an_instance_and_keeps_its_pixel_data(tmp_path, monkeypatch):
+    """Deflated Explicit VR Little Endian: the whole dataset, pixel data included, is one deflate
+    stream. Inspection takes it as an instance (element offsets are in the inflated stream, not
+    a sign of truncation), a cut stream is unreadable, and the scrub writes its pixel data."""
+    from pathlib import Path
+
+    path = Path(data_file("image_dfl.dcm"))
+    fast, full = _inspect_both(path, monkeypatch)
+    assert fast == full and fast.kind == "dicom" and fast.sop_uid
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(path.read_bytes()[:-300])
+    fast, full = _inspect_both(cut, monkeypatch)
+    assert (fast.kind, fast.reason) == (full.kind, full.reason) == ("quarantine", "unreadable")
+    data = path.read_bytes()
+    out = _deidentify(data, PROFILES["research"], True)
+    back = pydicom.dcmread(io.BytesIO(out.data))
+    assert back.file_meta.TransferSyntaxUID == pydicom.uid.DeflatedExplicitVRLittleEndian
+    assert back.PixelData == pydicom.dcmread(path).PixelData
 
 
 def test_large_instance_streams_in_bounded_memory(tmp_path, monkeypatch):
