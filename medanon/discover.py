@@ -35,6 +35,7 @@ REASONS = {
     "scrub-error": "de-identification failed for this instance",
     "write-error": "the de-identified instance could not be written",
     "duplicate-instance": "another file holds the same SOP Instance UID",
+    "repeated-element": "a top-level data element occurs more than once with different values",
     "report-unmatched": "report could not be paired to a study",
     "report-ambiguous": "report matches more than one study",
 }
@@ -116,6 +117,57 @@ def _read_header(fp, kind: str):
         return pydicom.dcmread(fp, defer_size=4096, force=(kind == "raw"))
 
 
+def _repeats_differ(fh, ds, size: int) -> bool:
+    """The general path's check for a top-level tag repeated with different contents: pydicom's
+    own element generator walks the file's top level again, past the pixel data too (its
+    fragments are stepped over, never read). A file this walk cannot follow is left to the
+    other checks (truncated, unreadable, the scrub's full read)."""
+    import zlib
+
+    from pydicom.dataelem import RawDataElement
+    from pydicom.filereader import (_read_command_set_elements, _read_file_meta_info, data_element_generator,
+                                    read_preamble)
+
+    from . import rawsplit
+
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        return False
+    try:
+        fh.seek(0)
+        read_preamble(fh, True)
+        meta = _read_file_meta_info(fh)
+        _read_command_set_elements(fh)
+        if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+            fh = io.BytesIO(zlib.decompress(fh.read(), -zlib.MAX_WBITS))
+            size = len(fh.getvalue())
+
+        def elements():
+            while True:
+                for e in data_element_generator(fh, implicit, little, defer_size=1024,
+                                                stop_when=lambda tag, vr, length: tag in rawsplit.PIXEL_TAGS):
+                    known = isinstance(e, RawDataElement) and e.value is not None  # else deferred or a sequence
+                    yield int(e.tag), ((e.VR, e.length, e.value) if known else None)
+                start = fh.tell()
+                if start + 8 > size:
+                    return
+                fh.seek(start)
+                group, elem = struct.unpack("<HH" if little else ">HH", fh.read(4))
+                yield group << 16 | elem, None
+                end = rawsplit.element_end(fh, start, size, little, implicit)
+                if end is None or end <= start:
+                    return
+                fh.seek(end)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return rawsplit.repeated_differently(elements())
+    except (EntryChanged, StorageError):
+        raise
+    except Exception:  # noqa: BLE001 - what the walk cannot follow, the other checks judge
+        return False
+
+
 def _truncated(ds, size: int, end: int) -> bool:
     if end > size:
         return True
@@ -166,6 +218,8 @@ def inspect_entry(source: Source, entry: SourceEntry, report_sniffer=None, memo:
                 fh = in_memory(fh, entry.size)
             ds = _read_header(fh, kind)
             end = fh.tell()
+            if _repeats_differ(fh, ds, entry.size):
+                return Inspected(**base, kind="quarantine", reason="repeated-element")
         except (InvalidDicomError, EOFError):
             return Inspected(**base, kind="quarantine", reason="truncated" if kind else "not-dicom")
         except EntryChanged:  # an object replaced while it was read
@@ -202,6 +256,8 @@ def _inspect_split(fh, size: int, base: dict, memo: dict | None = None) -> Inspe
     sp = rawsplit.plain_split(fh, buf, size)
     if sp is None:
         return None
+    if rawsplit.split_repeats_differ(buf, sp):
+        return Inspected(**base, kind="quarantine", reason="repeated-element")
     key = None
     if memo is not None:
         read = [e for e in sp.elements if e[0] in INSPECT_TAGS]

@@ -228,6 +228,28 @@ def plain_split(fh: BinaryIO, buf: bytes, size: int) -> Split | None:
     return sp
 
 
+def repeated_differently(elements) -> bool:
+    """True when a tag occurs more than once among ``elements`` ((tag, contents) pairs, in file
+    order) and its occurrences are not known to be identical (``None`` contents: unknown).
+
+    pydicom keeps only the last occurrence of a repeated tag, so the values of the others would
+    be missing from the identifiers that free text is cleaned of, and the instance's identity
+    (patient, study) could be either value."""
+    seen: dict = {}
+    for tag, contents in elements:
+        if tag in seen and (contents is None or seen[tag] != contents):
+            return True
+        seen[tag] = contents
+    return False
+
+
+def split_repeats_differ(buf: bytes, sp: Split) -> bool:
+    """``repeated_differently`` over the top-level elements of a split file."""
+    if len({e[0] for e in sp.elements}) == len(sp.elements):
+        return False
+    return repeated_differently((e[0], buf[e[2]:e[5]]) for e in sp.elements)
+
+
 def read_reduced(buf: bytes, sp: Split, keep):
     """pydicom's dataset of ``reduced(buf, sp, keep)`` (without pixel data); None when pydicom
     reads its encoding differently from the split."""

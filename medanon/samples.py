@@ -177,9 +177,33 @@ def build_sample_archive(root: str | os.PathLike, seed: int = 7, ct_series_size:
     if "BurnedInAnnotation" in us:
         del us.BurnedInAnnotation
     us.save_as(junk / "ultrasound_capture", enforce_file_format=True)
+    # a top-level tag written twice (a faulty exporter): which patient is it? pydicom would keep
+    # only the second Patient ID, so the first would escape the free-text cleaning
+    two = pydicom.dcmread(data_file("MR_small.dcm"))
+    _plant(two, PATIENTS[0], ACCESSIONS[0], "1.2.826.0.1.3680043.8.498.1000", "20210110", rng)
+    two.SOPInstanceUID = generate_uid()
+    (junk / "two_patient_ids.dcm").write_bytes(_with_element_before_pixels(two, 0x00100020, "LO", PATIENTS[1][0]))
     reports = add_sample_reports(root)
     return {"root": str(root), "studies": studies, "dicom_files": len(written) + 1, "phi": PLANTED_PHI,
             "reports": reports}
+
+
+def _with_element_before_pixels(ds: Dataset, tag: int, vr: str, value: str) -> bytes:
+    """``ds`` as an explicit VR little endian Part 10 file with one more (tag, vr, value) element
+    spliced in just before its pixel data, whatever tags precede it (a repeated tag, out of order)."""
+    import io
+    import struct
+
+    from . import rawsplit
+
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True, implicit_vr=False, little_endian=True)
+    data = buf.getvalue()
+    at = rawsplit.split(data).pixel_start
+    raw = value.encode("ascii")
+    raw += b" " * (len(raw) % 2)
+    element = struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(raw)) + raw
+    return data[:at] + element + data[at:]
 
 
 def build_series_archive(root: str | os.PathLike, n: int, source: str = "CT_small.dcm", per_series: int = 50,

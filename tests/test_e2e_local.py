@@ -43,6 +43,7 @@ def test_end_to_end_no_phi_pixels_hierarchy_references(archive, tmp_path, cli_en
     q = summary["quarantined"]
     assert q.get("not-dicom") == 1 and q.get("empty-file") == 1 and q.get("truncated") == 1
     assert q.get("dicomdir") == 1 and q.get("burned-in-annotation", 0) >= 1
+    assert q.get("repeated-element") == 1  # two Patient IDs in one file
     assert summary["exported"] >= 15 and summary["bytes_out"] > 0
 
     sources = source_instances(src)

@@ -331,6 +331,92 @@ def test_inspect_split_is_taken_for_plain_files(name):
     assert got is not None and got.kind == "dicom" and got.sop_uid
 
 
+# --------------------------------------------------------------------------- a tag written twice
+
+def _with_element(data: bytes, tag: int, value: bytes, at_end: bool = False) -> bytes:
+    """``data`` with one more (tag, value) top-level element, encoded in the file's own transfer
+    syntax, spliced in just before the pixel data (or at the very end of the dataset)."""
+    import struct
+    import zlib
+
+    from pydicom.filereader import _read_file_meta_info, data_element_generator, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+    fh = io.BytesIO(data)
+    read_preamble(fh, True)
+    syntax = _read_file_meta_info(fh).TransferSyntaxUID
+    start = fh.tell()
+    deflated = syntax == DeflatedExplicitVRLittleEndian
+    body = zlib.decompress(data[start:], -zlib.MAX_WBITS) if deflated else data[start:]
+    implicit, little = syntax == ImplicitVRLittleEndian, syntax != ExplicitVRBigEndian
+    e = "<" if little else ">"
+    value += b" " * (len(value) % 2)
+    vr = pydicom.datadict.dictionary_VR(tag).encode()
+    head = struct.pack(e + "HHI", tag >> 16, tag & 0xFFFF, len(value)) if implicit else \
+        struct.pack(e + "HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value))
+    b = io.BytesIO(body)
+    if not at_end:
+        for _ in data_element_generator(b, implicit, little, defer_size=64,
+                                        stop_when=lambda t, vr, n: t in (0x7FE00008, 0x7FE00009, 0x7FE00010)):
+            pass
+    at = len(body) if at_end else b.tell()
+    body = body[:at] + head + value + body[at:]
+    if deflated:
+        z = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        body = z.compress(body) + z.flush()
+    return data[:start] + body
+
+
+REPEAT_FORMS = {  # file, where the second element goes; the split path, or the general path and why
+    "explicit, split path": ("693_UNCI.dcm", False),
+    "implicit, split path": ("MR_small_implicit.dcm", False),
+    "elements after the pixel data": ("CT_small.dcm", False),
+    "after the pixel data": ("CT_small.dcm", True),
+    "big endian": ("emri_small_big_endian.dcm", False),
+    "deflated": ("image_dfl.dcm", False),
+}
+
+
+@pytest.mark.parametrize("form", list(REPEAT_FORMS))
+def test_a_tag_repeated_with_another_value_is_quarantined(form, tmp_path, monkeypatch):
+    """A second Patient ID with another value (a faulty exporter): pydicom keeps only one, so the
+    other would escape the free-text cleaning and the instance's patient is ambiguous. Both the
+    split and the general inspection quarantine it as ``repeated-element``, in every encoding and
+    wherever the second element lies; the same file without it is an instance."""
+    from pathlib import Path
+
+    name, at_end = REPEAT_FORMS[form]
+    data = open(data_file(name), "rb").read()
+    path = tmp_path / "twice.dcm"
+    path.write_bytes(_with_element(data, 0x00100020, b"MRN-OTHER-77", at_end))
+    assert pydicom.dcmread(path, force=True).PatientID == "MRN-OTHER-77"  # pydicom kept the last one
+    fast, full = _inspect_both(path, monkeypatch)
+    assert (fast.kind, fast.reason) == (full.kind, full.reason) == ("quarantine", "repeated-element")
+    fast, full = _inspect_both(Path(data_file(name)), monkeypatch)
+    assert fast.kind == full.kind == "dicom"
+
+
+@pytest.mark.parametrize("name", ["693_UNCI.dcm", "CT_small.dcm"])
+def test_a_tag_repeated_with_the_same_bytes_is_exported_once(name, tmp_path, monkeypatch):
+    """The same element written twice, byte for byte, is harmless: the instance is inspected as
+    one (split and general path alike) and de-identified with the element once, exactly as
+    pydicom's own read and write of it."""
+    from medanon import rawsplit
+
+    data = open(data_file(name), "rb").read()
+    e = next(e for e in rawsplit.split(data).elements if e[0] == 0x00280030)  # Pixel Spacing
+    twice = data[:e[5]] + data[e[2]:e[5]] + data[e[5]:]
+    path = tmp_path / "twice.dcm"
+    path.write_bytes(twice)
+    fast, full = _inspect_both(path, monkeypatch)
+    assert fast == full and fast.kind == "dicom"
+    out = _deidentify(twice, PROFILES["research"], True).data
+    assert out == _deidentify(twice, PROFILES["research"], False).data
+    assert out == deidentify_bytes(pydicom.dcmread(io.BytesIO(twice)), _split_scrubber())[0]
+    sp = rawsplit.split(out)
+    assert [t[0] for t in sp.elements].count(0x00280030) == 1
+
+
 # --------------------------------------------------------------------------- local target space checks
 
 def test_local_target_reads_free_space_rarely_until_near_full(tmp_path, monkeypatch):

@@ -175,6 +175,7 @@ def test_every_layout_to_a_bucket_no_phi_pixels_identical(layout, layout_runs, s
     summary = layout_runs[layout]
     q = summary["quarantined"]
     assert q.get("not-dicom") == 1 and q.get("truncated") == 1 and q.get("dicomdir") == 1
+    assert q.get("repeated-element") == 1
     assert "write-error" not in q and summary["bytes_out"] > 0
     objects = _read_back(_client(moto.endpoint_url), BUCKET, f"layout-{layout}")
     _check_export(objects, summary, sources, needles, layout)
