@@ -6,10 +6,16 @@ Usable as a library (``MotoS3Server``), as pytest fixtures (``moto_s3`` needs
     python tests/s3server.py --port 5005 --bucket my-bucket
 
 The script is moto's own server (the same WSGI app that ``python -m
-moto.server`` runs) with one addition: the ``--bucket`` buckets are created in
-the backend *before* the port is bound, so a client retrying against a
-restarted server never sees a window where the server answers but its bucket
-does not exist (moto keeps its state in memory: a restart loses everything).
+moto.server`` runs) with two additions:
+
+- the ``--bucket`` buckets are created in the backend *before* the port is bound,
+  so a client retrying against a restarted server never sees a window where the
+  server answers but its bucket does not exist (moto keeps its state in memory: a
+  restart loses everything);
+- ``--quota-bytes N`` enforces a storage quota the way Ceph RGW does: once the
+  object bytes stored through this server would exceed N, a PUT (or part upload)
+  is refused with HTTP 403 ``QuotaExceeded``. The operator's "raise the quota" is
+  ``PUT /__quota__`` with the new limit (or ``none``) as the body.
 """
 
 from __future__ import annotations
@@ -48,10 +54,12 @@ def free_port() -> int:
 class MotoS3Server:
     """Start / kill / restart a moto server subprocess on a fixed 127.0.0.1 port."""
 
-    def __init__(self, port: int | None = None, buckets: tuple[str, ...] | list[str] = (), log_path: str | None = None):
+    def __init__(self, port: int | None = None, buckets: tuple[str, ...] | list[str] = (), log_path: str | None = None,
+                 quota_bytes: int | None = None):
         self.port = port or free_port()
         self.buckets = list(buckets)
         self.log_path = log_path
+        self.quota_bytes = quota_bytes
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -64,6 +72,8 @@ class MotoS3Server:
         cmd = [sys.executable, os.path.abspath(__file__), "--port", str(self.port)]
         for b in self.buckets:
             cmd += ["--bucket", b]
+        if self.quota_bytes is not None:
+            cmd += ["--quota-bytes", str(self.quota_bytes)]
         env = {k: v for k, v in os.environ.items() if k not in SCRUB_ENV}
         env.update(DUMMY_ENV)
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
@@ -111,11 +121,65 @@ class MotoS3Server:
         self.kill()
         return self.start(timeout)
 
+    def set_quota(self, quota_bytes: int | None) -> None:
+        """Raise (or lower, or lift with None) the storage quota of the running server."""
+        body = b"none" if quota_bytes is None else str(quota_bytes).encode()
+        req = urllib.request.Request(f"{self.endpoint_url}{QUOTA_PATH}", data=body, method="PUT")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert r.status == 200
+
     def __enter__(self) -> "MotoS3Server":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.kill()
+
+
+QUOTA_PATH = "/__quota__"
+
+
+class QuotaMiddleware:
+    """WSGI middleware: a storage quota on object bytes written, refused like Ceph RGW does."""
+
+    def __init__(self, app, limit: int | None):
+        import threading
+
+        self.app, self.limit, self.used = app, limit, 0
+        self.lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        length = int(environ.get("HTTP_X_AMZ_DECODED_CONTENT_LENGTH") or environ.get("CONTENT_LENGTH") or 0)
+        if path == QUOTA_PATH:
+            text = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)).decode()
+            with self.lock:
+                self.limit = None if text.strip() == "none" else int(text)
+            start_response("200 OK", [("Content-Length", "0")])
+            return [b""]
+        is_object_put = method == "PUT" and path.strip("/").count("/") >= 1 and "HTTP_X_AMZ_COPY_SOURCE" not in environ
+        if not is_object_put:
+            return self.app(environ, start_response)
+        with self.lock:
+            refused = self.limit is not None and self.used + length > self.limit
+            if not refused:
+                self.used += length
+        if refused:
+            environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            body = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>QuotaExceeded</Code>"
+                    b"<Message>quota exceeded</Message></Error>")
+            start_response("403 Forbidden", [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
+            return [body]
+        status_seen = {}
+
+        def recording(status, headers, exc_info=None):
+            status_seen["code"] = int(status.split()[0])
+            return start_response(status, headers, exc_info)
+
+        result = self.app(environ, recording)
+        if status_seen.get("code", 500) >= 300:
+            with self.lock:
+                self.used -= length
+        return result
 
 
 # -- pytest fixtures ----------------------------------------------------------
@@ -156,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--bucket", action="append", default=[])
     parser.add_argument("--region", default="us-east-1")
+    parser.add_argument("--quota-bytes", type=int, default=None)
     args = parser.parse_args(argv)
 
     os.environ.setdefault("MOTO_PORT", str(args.port))
@@ -169,6 +234,8 @@ def main(argv: list[str] | None = None) -> None:
         backend.create_bucket(name, args.region)
 
     app = DomainDispatcherApplication(create_backend_app)
+    if args.quota_bytes is not None:
+        app = QuotaMiddleware(app, args.quota_bytes)
     server = make_server(HOST, args.port, app, threaded=True, request_handler=MotoRequestHandler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:

@@ -226,6 +226,49 @@ def test_byte_budget_and_object_limit_raise_before_writing(moto_s3):
     assert not any(k.startswith("res/big") for k in keys(moto_s3))
 
 
+@pytest.mark.parametrize("status,code", [(403, "QuotaExceeded"), (400, "XMinioAdminBucketQuotaExceeded"),
+                                         (507, "XMinioStorageFull"), (507, "")])
+def test_a_write_refused_for_space_is_a_full_target(moto_s3, status, code):
+    """A bucket quota or full drives (Ceph RGW, MinIO, any 507) end the write at once as TargetFull,
+    never retried and never a StorageError, with nothing left behind: single and multipart puts."""
+    t = target(moto_s3, client_max_attempts=1, byte_budget=1000)
+    calls = {"n": 0}
+
+    def refuse(**kw):
+        calls["n"] += 1
+        return fake_error(status, code)
+
+    t.client.meta.events.register("before-send.s3.PutObject", refuse)
+    with pytest.raises(TargetFull, match="storage refused the write"):
+        t.put_bytes("Q/a.dcm", b"abc", sha(b"abc"))
+    assert calls["n"] == 1 and "out/Q/a.dcm" not in keys(moto_s3)
+    assert t.free_bytes() == 1000  # nothing was counted for the refused write
+    t.client.meta.events.unregister("before-send.s3.PutObject", refuse)
+    assert t.put_bytes("Q/a.dcm", b"abc", sha(b"abc")) is True  # space added: the same target writes it
+
+    big = os.urandom(3 * 1024 * 1024)
+    m = target(moto_s3, client_max_attempts=1, multipart_threshold=1024 * 1024, part_size=5 * 1024 * 1024)
+    m.part_size = 1024 * 1024  # small parts for the test (the S3 minimum is not enforced by moto)
+    parts = {"n": 0}
+
+    def refuse_second_part(**kw):
+        parts["n"] += 1
+        return fake_error(status, code) if parts["n"] == 2 else None
+
+    m.client.meta.events.register("before-send.s3.UploadPart", refuse_second_part)
+    with pytest.raises(TargetFull):
+        m.put_bytes("Q/big.dcm", big, sha(big))
+    assert parts["n"] == 2 and "out/Q/big.dcm" not in keys(moto_s3)
+    assert m.client.list_multipart_uploads(Bucket="medanon-test").get("Uploads", []) == []  # aborted
+
+    source = S3Source("s3://medanon-test/out", endpoint_url=moto_s3.endpoint_url, max_attempts=1,
+                      client_max_attempts=1)
+    source.client.meta.events.register("before-send.s3.GetObject", lambda **kw: fake_error(507, "XMinioStorageFull"))
+    with pytest.raises(StorageError) as ei:  # a source never reads as a full target
+        source.open("Q/a.dcm").read()
+    assert not isinstance(ei.value, TargetFull)
+
+
 def test_iter_files_paginates(moto_s3):
     t = target(moto_s3, page_size=2)
     for i in range(5):

@@ -62,6 +62,15 @@ TRANSIENT_CODES = frozenset({
     "OperationAborted",
 })
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+# The storage refusing a write for want of space: a quota (Ceph RGW and others: 403 QuotaExceeded;
+# MinIO bucket quota: 400 XMinioAdminBucketQuotaExceeded; RustFS) or full drives (MinIO 507
+# XMinioStorageFull; any 507 Insufficient Storage). Not retried: the run stops or pauses as on a
+# full disk, and goes on once the operator adds space.
+FULL_CODES = frozenset({
+    "QuotaExceeded", "XMinioAdminBucketQuotaExceeded", "BucketQuotaExceeded", "XRustfsQuotaExceeded",
+    "XMinioStorageFull", "InsufficientCapacity", "InsufficientStorage",
+})
+FULL_STATUS = 507
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 
 
@@ -116,8 +125,18 @@ def _error_code(exc: Exception) -> tuple[str, int]:
     return code, status
 
 
+def _refused_for_space(exc: Exception) -> str | None:
+    """The error code (or status) when the storage refused a request for want of space, else None."""
+    code, status = _error_code(exc)
+    if code in FULL_CODES or status == FULL_STATUS:
+        return code or f"HTTP {status}"
+    return None
+
+
 class _S3Base:
     """Client construction, URL handling and the outer retry loop."""
+
+    _writes = False
 
     def __init__(
         self,
@@ -254,13 +273,17 @@ class _S3Base:
             # original exception (whose text may name the object key or the
             # endpoint URL) is not even kept as __context__.
             message: str | None = None
+            refused_for_space: str | None = None
             try:
                 return fn()
             except StorageError:
                 raise
             except Exception as exc:
-                what = self._classify(exc, extra_retry_codes)
-                if what is None:
+                refused_for_space = _refused_for_space(exc) if self._writes else None
+                what = None if refused_for_space else self._classify(exc, extra_retry_codes)
+                if refused_for_space:
+                    pass  # raised below, never retried
+                elif what is None:
                     if isinstance(exc, bce.ClientError):
                         code, status = _error_code(exc)
                         message = f"s3 {op} failed on {self.url}: {code or 'HTTP ' + str(status)}"
@@ -277,6 +300,10 @@ class _S3Base:
                     )
                     if attempt >= self.max_attempts or out_of_time:
                         message = f"s3 {op} failed on {self.url} after {attempt} attempts: {what}"
+            if refused_for_space:
+                full = TargetFull(0, 0)
+                full.args = (f"target full: the storage refused the write ({refused_for_space})",)
+                raise full
             if message is not None:
                 raise StorageError(message)
             time.sleep(delay)
@@ -362,6 +389,7 @@ class S3Target(_S3Base):
     """
 
     _has_counters = True
+    _writes = True  # a request refused for want of space is a full target (see FULL_CODES)
 
     def __init__(
         self,
