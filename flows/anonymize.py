@@ -22,7 +22,7 @@ from medanon.pipeline import Batch, BatchIncomplete, WorkerConfig, default_state
 from medanon.profile import get_profile
 from medanon.request import RunRequest, TargetChoice
 from medanon.state import StateStore
-from medanon.storage import LocalTarget
+from medanon.storage import LocalTarget, TargetFull
 from tasks.discover import discover, inspect
 from tasks.export import export, manifest
 from tasks.pair import pair
@@ -36,9 +36,10 @@ class TargetFullStop(Exception):
 
     def __init__(self, summary: dict):
         self.summary = summary
+        manifest = "" if summary.get("manifest_written", True) else " and the manifest"
         super().__init__(
             f"target full after {summary['exported']} instances written this run; "
-            f"{summary['remaining']} instances remain"
+            f"{summary['remaining']} instances{manifest} remain"
         )
 
 
@@ -140,7 +141,7 @@ def anonymize(request: RunRequest) -> dict:
             # 4-5. scrub each batch on the workers, export (ledger) as each completes; a full
             # target pauses (deployment: suspend for operator input) or stops (CLI: exit 75)
             totals = {"exported": 0, "skipped_identical": 0, "bytes_out": 0, "target_full": False,
-                      "reports_exported": 0}
+                      "reports_exported": 0, "manifest_written": False}
             targets_used = []
             attempt = 0
             while True:
@@ -153,7 +154,14 @@ def anonymize(request: RunRequest) -> dict:
                 full = _scrub_stage(runner, cfg, store, req, totals, progress, total)
                 # 6. reports, beside their studies, once every DICOM batch is written
                 full = full or _report_stage(runner, cfg, store, req, totals)
-                manifest(store, tgt, req.label)  # space for it is held in reserve by the target
+                try:
+                    manifest(store, tgt, req.label)  # space for it is held in reserve by the target...
+                    totals["manifest_written"] = True
+                except TargetFull:  # ...but a bucket quota may refuse it: written once space is added
+                    logger.warning("target full: the manifest could not be written; it is written when the run "
+                                   "goes on with more space")
+                    totals["manifest_written"] = False
+                    totals["target_full"] = full = True
                 targets_used.append(target)
                 if not full:
                     break
@@ -284,6 +292,7 @@ def _summary(req, cfg, listed, store, run_id, paired, totals, skipped_existing, 
         "bytes_out": totals["bytes_out"],
         "estimated_bytes": estimate,
         "target_full": totals["target_full"],
+        "manifest_written": totals["manifest_written"],
         "seconds": round(time.time() - started, 2),
     }
 

@@ -337,6 +337,73 @@ def test_target_block_byte_budget_stops_then_continues(blocks, series40, moto, p
     assert len(objects["manifest.csv"].decode().splitlines()) == 41
 
 
+# -- a bucket quota ------------------------------------------------------------------------------
+def _instances(objects: dict[str, bytes]) -> dict[str, bytes]:
+    return {k: v for k, v in objects.items() if k.endswith(".dcm")}
+
+
+def _manifest_paths(objects: dict[str, bytes]) -> set[str]:
+    return {line.split(",")[0] for line in objects["manifest.csv"].decode().splitlines()[1:]}
+
+
+def test_bucket_quota_stops_the_run_and_it_goes_on_once_raised(series40, prefect_api, tmp_path):
+    """A storage quota, refused the way Ceph RGW refuses it (HTTP 403 QuotaExceeded, from the S3
+    server the test starts), is a full target, not a write error:
+    - reached mid-run: the run stops with exit 75, no instance quarantined, no partial object, and
+      any manifest lists exactly the instances written;
+    - reached by the manifest alone (the quota is exactly the instances' size): exit 75 too, with
+      every instance written and ``manifest_written`` false;
+    - once the operator raises the quota, the same command writes the rest (the manifest included)
+      and redoes nothing."""
+    api, home = prefect_api
+    env = _env(home, api)
+    bucket = "medanon-quota"
+
+    def args(server, state):
+        return ["run", str(series40), f"s3://{bucket}/out", "--endpoint-url", server.endpoint_url, "--batch-size",
+                "4", "--state-dir", str(tmp_path / state), "--label", "s3-quota"]
+
+    # the output's size, from a run without a quota (the same key gives the same bytes)
+    with MotoS3Server(buckets=[bucket], log_path=str(tmp_path / "moto0.log")) as free:
+        run_json(args(free, "state0"), env)
+        sizes = sorted(map(len, _instances(_read_back(_client(free.endpoint_url), bucket, "out")).values()))
+    assert len(sizes) == 40
+
+    # 1. reached mid-run
+    with MotoS3Server(buckets=[bucket], log_path=str(tmp_path / "moto1.log"), quota_bytes=sum(sizes[:7])) as server:
+        proc = run_cli([*args(server, "state1"), "--json"], env, check=False)
+        assert proc.returncode == 75, proc.stderr[-2000:]
+        first = _summary(proc.stdout)
+        assert first["target_full"] and 0 < first["exported"] <= 7 and first["quarantined"] == {}
+        client = _client(server.endpoint_url)
+        objects = _read_back(client, bucket, "out")  # every object complete
+        assert len(_instances(objects)) == first["exported"]
+        if first["manifest_written"]:
+            assert _manifest_paths(objects) == set(_instances(objects))
+        else:
+            assert "manifest.csv" not in objects
+        server.set_quota(None)
+        second = run_json(args(server, "state1"), env)
+        assert second["exported"] == 40 - first["exported"] and second["skipped_existing"] == first["exported"]
+        assert second["manifest_written"] and not second["target_full"]
+        objects = _read_back(client, bucket, "out")
+        assert len(_instances(objects)) == 40 and _manifest_paths(objects) == set(_instances(objects))
+
+    # 2. reached by the manifest alone
+    with MotoS3Server(buckets=[bucket], log_path=str(tmp_path / "moto2.log"), quota_bytes=sum(sizes)) as server:
+        proc = run_cli([*args(server, "state2"), "--json"], env, check=False)
+        assert proc.returncode == 75, proc.stderr[-2000:]
+        first = _summary(proc.stdout)
+        assert first["exported"] == 40 and first["target_full"] and first["manifest_written"] is False
+        assert "0 instances and the manifest remain" in proc.stderr
+        client = _client(server.endpoint_url)
+        assert "manifest.csv" not in _read_back(client, bucket, "out")
+        server.set_quota(None)
+        second = run_json(args(server, "state2"), env)
+        assert second["exported"] == 0 and second["skipped_existing"] == 40 and second["manifest_written"]
+        assert len(_manifest_paths(_read_back(client, bucket, "out"))) == 40
+
+
 # -- the S3 server killed mid-run ----------------------------------------------------------------
 def test_server_killed_mid_run_retries_no_partial_object_and_rerun_skips(series40, prefect_api, tmp_path):
     api, home = prefect_api
