@@ -18,7 +18,7 @@ from prefect.utilities.annotations import opaque
 
 from medanon.export import record_batch
 from medanon.keys import load_key
-from medanon.pipeline import Batch, BatchIncomplete, WorkerConfig, default_state_dir
+from medanon.pipeline import Batch, BatchIncomplete, WorkerConfig, default_state_dir, worker_processes
 from medanon.profile import get_profile
 from medanon.request import RunRequest, TargetChoice
 from medanon.state import StateStore
@@ -79,22 +79,26 @@ def worker_config(req: RunRequest, state_dir: str, target: str, cache_scope: str
 
 
 @contextlib.contextmanager
-def task_runner(req: RunRequest):
-    """Where batch tasks run: threads (default), local processes (--workers N), or a Dask cluster."""
+def task_runner(req: RunRequest, processes: int):
+    """Where batch tasks run: a Dask cluster (dask_address), local processes, or threads (1)."""
     if req.dask_address:
         from prefect_dask import DaskTaskRunner
 
         runner = DaskTaskRunner(address=req.dask_address)
-    elif req.workers > 1:
+    elif processes > 1:
         from prefect.task_runners import ProcessPoolTaskRunner
 
-        runner = ProcessPoolTaskRunner(max_workers=req.workers)
+        runner = ProcessPoolTaskRunner(max_workers=processes)
     else:
         from prefect.task_runners import ThreadPoolTaskRunner
 
         runner = ThreadPoolTaskRunner(max_workers=max(1, req.max_in_flight))
     with runner:
         yield runner
+
+
+def _runner_name(req: RunRequest, processes: int) -> str:
+    return "dask" if req.dask_address else f"{processes} processes" if processes > 1 else "threads"
 
 
 @flow(name="anonymize", flow_run_name="anonymize-{request.label}", log_prints=False, persist_result=False)
@@ -114,11 +118,14 @@ def anonymize(request: RunRequest) -> dict:
         req = req.model_copy(update={"target": target, "byte_budget": cfg.byte_budget})
         progress = create_progress_artifact(0.0, key="medanon-progress", description=f"medanon {req.label}: starting")
 
-        with task_runner(req) as runner:
-            # 1. discover: list the source, then read headers in batches
-            listed = discover(cfg, store, run_id, req.label)
-            logger.info("discover: %d files listed (%d new, %d changed)", listed["listed"], listed["new"],
-                        listed["changed"])
+        # 1. discover: list the source, then read headers in batches
+        listed = discover(cfg, store, run_id, req.label)
+        logger.info("discover: %d files listed (%d new, %d changed)", listed["listed"], listed["new"],
+                    listed["changed"])
+        pending = store.count(cfg.source, "status IN ('new', 'planned')")
+        processes = worker_processes(req.workers, pending, req.batch_size)
+        logger.info("batch tasks: %s for %d files to look at", _runner_name(req, processes), pending)
+        with task_runner(req, processes) as runner:
             _run_waves(enumerate(store.iter_uninspected(cfg.source, req.batch_size), start=1),
                        lambda n, b: runner.submit(inspect, {"cfg": cfg, "batch_no": n, "entries": Batch(b)}),
                        lambda n, items: store.record_inspected(items), req.max_in_flight)
@@ -141,7 +148,8 @@ def anonymize(request: RunRequest) -> dict:
             # 4-5. scrub each batch on the workers, export (ledger) as each completes; a full
             # target pauses (deployment: suspend for operator input) or stops (CLI: exit 75)
             totals = {"exported": 0, "skipped_identical": 0, "bytes_out": 0, "target_full": False,
-                      "reports_exported": 0, "manifest_written": False}
+                      "reports_exported": 0, "manifest_written": False,
+                      "batch_tasks": _runner_name(req, processes)}
             targets_used = []
             attempt = 0
             while True:
@@ -293,6 +301,7 @@ def _summary(req, cfg, listed, store, run_id, paired, totals, skipped_existing, 
         "estimated_bytes": estimate,
         "target_full": totals["target_full"],
         "manifest_written": totals["manifest_written"],
+        "batch_tasks": totals["batch_tasks"],
         "seconds": round(time.time() - started, 2),
     }
 

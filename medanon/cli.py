@@ -48,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--byte-budget", type=int, help="stop when this run has written this many bytes")
         sp.add_argument("--no-sync", dest="sync", action="store_false",
                         help="do not flush each batch to disk (safe against kills, not against power loss)")
-        sp.add_argument("--workers", type=int, default=1, help="local worker processes for batch tasks")
+        sp.add_argument("--workers", type=int, default=0,
+                        help="local worker processes for batch tasks (default 0: one per CPU when the run has "
+                             "4 000 files or more to look at, threads otherwise; 1: threads)")
         sp.add_argument("--dask-address", help="run batch tasks on an existing Dask cluster (tcp://HOST:PORT)")
         sp.add_argument("--endpoint-url", help="S3-compatible endpoint URL for s3:// sources and targets")
         sp.add_argument("--region", help="S3 region")

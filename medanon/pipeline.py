@@ -281,5 +281,70 @@ def scrub_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple[int, str, st
     return result
 
 
+# ---------------------------------------------------------------------------- where batch tasks run
+
+AUTO_PROCESSES_FROM = 4000  # files to look at: below this, starting processes costs more than it saves
+WORKER_MEMORY = 512 << 20  # what the automatic choice keeps free for each worker process
+
+
+def worker_processes(requested: int, pending: int, batch_size: int, cpus: int | None = None,
+                     available_memory: int | None = -1) -> int:
+    """Local worker processes for the batch tasks; 1 means threads in the flow process.
+
+    ``requested`` of 1 or more is the operator's choice. 0 is automatic: one process per usable
+    CPU, no more than there are batches or than available memory allows (``WORKER_MEMORY`` each),
+    once the run has at least ``AUTO_PROCESSES_FROM`` files to look at; threads otherwise. In
+    threads the scrub keeps about one core busy (the GIL); a process costs about 1.5 s to start
+    (an interpreter importing Prefect and pydicom), which pays back over a few thousand instances."""
+    if requested >= 1:
+        return requested
+    cpus = usable_cpus() if cpus is None else cpus
+    if cpus < 2 or pending < AUTO_PROCESSES_FROM:
+        return 1
+    n = min(cpus, -(-pending // max(1, batch_size)))
+    memory = available_memory_bytes() if available_memory == -1 else available_memory
+    if memory is not None:
+        n = min(n, max(1, memory // WORKER_MEMORY))
+    return max(1, n)
+
+
+def _read_first_line(path: str) -> str | None:
+    try:
+        with open(path) as fh:
+            return fh.readline().strip()
+    except OSError:
+        return None
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (containers)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    quota = (_read_first_line("/sys/fs/cgroup/cpu.max") or "max").split()
+    if quota and quota[0] != "max" and len(quota) == 2 and int(quota[1]) > 0:
+        n = min(n, max(1, int(quota[0]) // int(quota[1])))
+    return max(1, n)
+
+
+def available_memory_bytes() -> int | None:
+    """Memory available to new processes: MemAvailable, capped by a cgroup v2 memory limit; None if unknown."""
+    found = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    found = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    limit, used = _read_first_line("/sys/fs/cgroup/memory.max"), _read_first_line("/sys/fs/cgroup/memory.current")
+    if limit and limit != "max" and used and limit.isdigit() and used.isdigit():
+        left = max(0, int(limit) - int(used))
+        found = left if found is None else min(found, left)
+    return found
+
+
 def default_state_dir() -> str:
     return os.environ.get("MEDANON_STATE_DIR") or os.path.join(os.path.expanduser("~"), ".medanon", "state")

@@ -26,7 +26,9 @@ class RunRequest(BaseModel):
     key_file: str | None = Field(None, description="File holding the secret key")
     key_block: str | None = Field(None, description="Name of a Prefect Secret block holding the key")
     max_in_flight: int = Field(4, ge=1, le=256, description="Batches running at once")
-    workers: int = Field(1, ge=1, le=256, description="Local worker processes for batch tasks")
+    workers: int = Field(0, ge=0, le=256, description="Local worker processes for batch tasks; 0: automatic (one "
+                                                      "per CPU for runs of 4 000 files or more, else threads); "
+                                                      "1: threads")
     dask_address: str | None = Field(None, description="tcp://HOST:PORT of an existing Dask scheduler")
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, Ceph...)")
     s3_region: str | None = Field(None, description="S3 region")

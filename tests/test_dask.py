@@ -46,3 +46,29 @@ def test_process_pool_output_identical(tmp_path, cli_env):
                         "--batch-size", "10", "--workers", "2"], cli_env)
     assert summary["exported"] == 40
     assert _files(tmp_path / "one") == _files(tmp_path / "many")
+
+
+def test_automatic_worker_processes(monkeypatch):
+    """workers=0 (the default): threads below AUTO_PROCESSES_FROM files or on one CPU, else one
+    process per CPU, no more than there are batches or than memory allows; an explicit number wins.
+    The CPU count honours a cgroup v2 quota (a container limited to 1.5 CPUs gets 1)."""
+    from medanon import pipeline
+    from medanon.pipeline import AUTO_PROCESSES_FROM, WORKER_MEMORY, worker_processes
+
+    big = AUTO_PROCESSES_FROM
+    assert worker_processes(1, 10 * big, 500, cpus=8) == 1 and worker_processes(3, 10, 500, cpus=1) == 3
+    assert worker_processes(0, big - 1, 500, cpus=8, available_memory=None) == 1
+    assert worker_processes(0, 10 * big, 500, cpus=1, available_memory=None) == 1
+    assert worker_processes(0, big, 500, cpus=64, available_memory=None) == -(-big // 500)  # one per batch
+    assert worker_processes(0, 10 * big, 500, cpus=8, available_memory=None) == 8
+    assert worker_processes(0, 10 * big, 500, cpus=8, available_memory=3 * WORKER_MEMORY) == 3
+    assert worker_processes(0, 10 * big, 500, cpus=8, available_memory=WORKER_MEMORY // 2) == 1
+
+    files = {"/sys/fs/cgroup/cpu.max": "150000 100000"}
+    monkeypatch.setattr(pipeline, "_read_first_line", lambda path: files.get(path))
+    monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert pipeline.usable_cpus() == 1
+    files["/sys/fs/cgroup/cpu.max"] = "max 100000"
+    assert pipeline.usable_cpus() == 4
+    files.update({"/sys/fs/cgroup/memory.max": str(3 << 30), "/sys/fs/cgroup/memory.current": str(1 << 30)})
+    assert pipeline.available_memory_bytes() <= 2 << 30

@@ -146,3 +146,30 @@ def test_unexpected_task_errors_reach_prefect_without_their_message(harness):
     stored = json.dumps([t.model_dump(mode="json") for t in tasks] + [log.model_dump(mode="json") for log in logs])
     assert "boom-batch-7" in stored
     assert "Kowalczyk" not in stored and "MRN4471203" not in stored
+
+
+def test_automatic_workers_run_a_large_run_in_processes_with_the_same_output(harness, tmp_path, monkeypatch):
+    """The default (workers=0) picks one process per CPU once a run has AUTO_PROCESSES_FROM files to
+    look at (lowered here to 20), says so in the summary, and writes exactly what threads write."""
+    from flows.anonymize import anonymize
+    from medanon import pipeline
+    from medanon.request import RunRequest
+    from medanon.samples import build_series_archive
+
+    monkeypatch.setenv("MEDANON_KEY", TEST_KEY)
+    monkeypatch.setattr(pipeline, "AUTO_PROCESSES_FROM", 20)
+    src = tmp_path / "src"
+    build_series_archive(src, 40, per_series=10)
+    expected = pipeline.worker_processes(0, 40, 10)
+    auto = anonymize(RunRequest(source=str(src), target=str(tmp_path / "auto"), state_dir=str(tmp_path / "s1"),
+                                batch_size=10, label="auto"))
+    threads = anonymize(RunRequest(source=str(src), target=str(tmp_path / "threads"),
+                                   state_dir=str(tmp_path / "s2"), batch_size=10, label="threads", workers=1))
+    if pipeline.usable_cpus() >= 2:
+        assert expected == min(pipeline.usable_cpus(), 4) and auto["batch_tasks"] == f"{expected} processes"
+    assert threads["batch_tasks"] == "threads" and auto["exported"] == threads["exported"] == 40
+
+    def files(root):
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    assert files(tmp_path / "auto") == files(tmp_path / "threads")
