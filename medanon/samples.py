@@ -6,6 +6,7 @@ in :data:`PLANTED_PHI` so a test can grep the output for it.
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import shutil
@@ -182,28 +183,51 @@ def build_sample_archive(root: str | os.PathLike, seed: int = 7, ct_series_size:
     two = pydicom.dcmread(data_file("MR_small.dcm"))
     _plant(two, PATIENTS[0], ACCESSIONS[0], "1.2.826.0.1.3680043.8.498.1000", "20210110", rng)
     two.SOPInstanceUID = generate_uid()
-    (junk / "two_patient_ids.dcm").write_bytes(_with_element_before_pixels(two, 0x00100020, "LO", PATIENTS[1][0]))
+    buf = io.BytesIO()
+    two.save_as(buf, enforce_file_format=True)
+    (junk / "two_patient_ids.dcm").write_bytes(with_element(buf.getvalue(), 0x00100020, PATIENTS[1][0].encode()))
     reports = add_sample_reports(root)
     return {"root": str(root), "studies": studies, "dicom_files": len(written) + 1, "phi": PLANTED_PHI,
             "reports": reports}
 
 
-def _with_element_before_pixels(ds: Dataset, tag: int, vr: str, value: str) -> bytes:
-    """``ds`` as an explicit VR little endian Part 10 file with one more (tag, vr, value) element
-    spliced in just before its pixel data, whatever tags precede it (a repeated tag, out of order)."""
+def with_element(data: bytes, tag: int, value: bytes, at_end: bool = False) -> bytes:
+    """A Part 10 file's bytes with one more top-level (tag, value) element, in the file's own
+    transfer syntax (implicit or explicit VR, either endian, deflated), spliced in just before
+    its pixel data or at the very end, whatever tags precede it: a repeated or out-of-order tag,
+    as faulty exporters write them."""
     import io
     import struct
+    import zlib
 
-    from . import rawsplit
+    from pydicom.datadict import dictionary_VR
+    from pydicom.filereader import _read_file_meta_info, data_element_generator, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True, implicit_vr=False, little_endian=True)
-    data = buf.getvalue()
-    at = rawsplit.split(data).pixel_start
-    raw = value.encode("ascii")
-    raw += b" " * (len(raw) % 2)
-    element = struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(raw)) + raw
-    return data[:at] + element + data[at:]
+    from .rawsplit import PIXEL_TAGS
+
+    fh = io.BytesIO(data)
+    read_preamble(fh, True)
+    syntax = _read_file_meta_info(fh).TransferSyntaxUID
+    start = fh.tell()
+    deflated = syntax == DeflatedExplicitVRLittleEndian
+    body = zlib.decompress(data[start:], -zlib.MAX_WBITS) if deflated else data[start:]
+    implicit, little = syntax == ImplicitVRLittleEndian, syntax != ExplicitVRBigEndian
+    e = "<" if little else ">"
+    value += b" " * (len(value) % 2)
+    head = (struct.pack(e + "HHI", tag >> 16, tag & 0xFFFF, len(value)) if implicit else
+            struct.pack(e + "HH2sH", tag >> 16, tag & 0xFFFF, dictionary_VR(tag).encode(), len(value)))
+    at = len(body)
+    if not at_end:
+        b = io.BytesIO(body)
+        for _ in data_element_generator(b, implicit, little, defer_size=64, stop_when=lambda t, vr, n: t in PIXEL_TAGS):
+            pass
+        at = b.tell()
+    body = body[:at] + head + value + body[at:]
+    if deflated:
+        z = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        body = z.compress(body) + z.flush()
+    return data[:start] + body
 
 
 def build_series_archive(root: str | os.PathLike, n: int, source: str = "CT_small.dcm", per_series: int = 50,

@@ -13,7 +13,7 @@ from medanon import fastpath
 from medanon.keys import Pseudonymizer
 from medanon.pipeline import deidentify_bytes, prepare
 from medanon.profile import PROFILES
-from medanon.samples import data_file
+from medanon.samples import data_file, with_element
 from medanon.storage import LocalTarget
 
 FILES = ["693_UNCI.dcm", "CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "rtplan.dcm", "emri_small_big_endian.dcm",
@@ -333,40 +333,6 @@ def test_inspect_split_is_taken_for_plain_files(name):
 
 # --------------------------------------------------------------------------- a tag written twice
 
-def _with_element(data: bytes, tag: int, value: bytes, at_end: bool = False) -> bytes:
-    """``data`` with one more (tag, value) top-level element, encoded in the file's own transfer
-    syntax, spliced in just before the pixel data (or at the very end of the dataset)."""
-    import struct
-    import zlib
-
-    from pydicom.filereader import _read_file_meta_info, data_element_generator, read_preamble
-    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
-
-    fh = io.BytesIO(data)
-    read_preamble(fh, True)
-    syntax = _read_file_meta_info(fh).TransferSyntaxUID
-    start = fh.tell()
-    deflated = syntax == DeflatedExplicitVRLittleEndian
-    body = zlib.decompress(data[start:], -zlib.MAX_WBITS) if deflated else data[start:]
-    implicit, little = syntax == ImplicitVRLittleEndian, syntax != ExplicitVRBigEndian
-    e = "<" if little else ">"
-    value += b" " * (len(value) % 2)
-    vr = pydicom.datadict.dictionary_VR(tag).encode()
-    head = struct.pack(e + "HHI", tag >> 16, tag & 0xFFFF, len(value)) if implicit else \
-        struct.pack(e + "HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value))
-    b = io.BytesIO(body)
-    if not at_end:
-        for _ in data_element_generator(b, implicit, little, defer_size=64,
-                                        stop_when=lambda t, vr, n: t in (0x7FE00008, 0x7FE00009, 0x7FE00010)):
-            pass
-    at = len(body) if at_end else b.tell()
-    body = body[:at] + head + value + body[at:]
-    if deflated:
-        z = zlib.compressobj(wbits=-zlib.MAX_WBITS)
-        body = z.compress(body) + z.flush()
-    return data[:start] + body
-
-
 REPEAT_FORMS = {  # file, where the second element goes; the split path, or the general path and why
     "explicit, split path": ("693_UNCI.dcm", False),
     "implicit, split path": ("MR_small_implicit.dcm", False),
@@ -388,7 +354,7 @@ def test_a_tag_repeated_with_another_value_is_quarantined(form, tmp_path, monkey
     name, at_end = REPEAT_FORMS[form]
     data = open(data_file(name), "rb").read()
     path = tmp_path / "twice.dcm"
-    path.write_bytes(_with_element(data, 0x00100020, b"MRN-OTHER-77", at_end))
+    path.write_bytes(with_element(data, 0x00100020, b"MRN-OTHER-77", at_end))
     assert pydicom.dcmread(path, force=True).PatientID == "MRN-OTHER-77"  # pydicom kept the last one
     fast, full = _inspect_both(path, monkeypatch)
     assert (fast.kind, fast.reason) == (full.kind, full.reason) == ("quarantine", "repeated-element")
