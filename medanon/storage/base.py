@@ -28,10 +28,10 @@ class EntryChanged(StorageError, OSError):
 class TargetFull(StorageError):
     """Writing would exceed the free space or the configured byte budget."""
 
-    def __init__(self, needed: int, available: int | None):
+    def __init__(self, needed: int, available: int | None, reason: str | None = None):
         self.needed = needed
         self.available = available
-        super().__init__(f"target full: {needed} bytes needed, {available} available")
+        super().__init__(f"target full: {reason or f'{needed} bytes needed, {available} available'}")
 
 
 @dataclass(frozen=True)

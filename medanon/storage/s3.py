@@ -301,9 +301,7 @@ class _S3Base:
                     if attempt >= self.max_attempts or out_of_time:
                         message = f"s3 {op} failed on {self.url} after {attempt} attempts: {what}"
             if refused_for_space:
-                full = TargetFull(0, 0)
-                full.args = (f"target full: the storage refused the write ({refused_for_space})",)
-                raise full
+                raise TargetFull(0, 0, f"the storage refused the write ({refused_for_space})")
             if message is not None:
                 raise StorageError(message)
             time.sleep(delay)
@@ -462,9 +460,7 @@ class S3Target(_S3Base):
     def _reserve(self, size: int) -> None:
         with self._lock:
             if self.object_limit is not None and self.objects_written + 1 > self.object_limit:
-                exc = TargetFull(size, 0)
-                exc.args = (f"target full: object limit of {self.object_limit} reached",)
-                raise exc
+                raise TargetFull(size, 0, f"object limit of {self.object_limit} reached")
             if self.byte_budget is not None and self.bytes_written + size > self.byte_budget:
                 raise TargetFull(size, max(self.byte_budget - self.bytes_written, 0))
             self.bytes_written += size
