@@ -122,11 +122,8 @@ def _repeats_differ(fh, ds, size: int) -> bool:
     own element generator walks the file's top level again, past the pixel data too (its
     fragments are stepped over, never read). A file this walk cannot follow is left to the
     other checks (truncated, unreadable, the scrub's full read)."""
-    import zlib
-
     from pydicom.dataelem import RawDataElement
-    from pydicom.filereader import (_read_command_set_elements, _read_file_meta_info, data_element_generator,
-                                    read_preamble)
+    from pydicom.filereader import data_element_generator
 
     from . import rawsplit
 
@@ -134,12 +131,8 @@ def _repeats_differ(fh, ds, size: int) -> bool:
     if implicit is None:
         return False
     try:
-        fh.seek(0)
-        read_preamble(fh, True)
-        meta = _read_file_meta_info(fh)
-        _read_command_set_elements(fh)
-        if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-            fh = io.BytesIO(zlib.decompress(fh.read(), -zlib.MAX_WBITS))
+        _, syntax, fh = rawsplit.dataset_stream(fh)
+        if syntax == DeflatedExplicitVRLittleEndian:
             size = len(fh.getvalue())
 
         def elements():

@@ -228,6 +228,24 @@ def plain_split(fh: BinaryIO, buf: bytes, size: int) -> Split | None:
     return sp
 
 
+def dataset_stream(fh: BinaryIO) -> tuple[int, str | None, BinaryIO]:
+    """(offset of the dataset, transfer syntax UID, a stream at the dataset's first element) of a
+    file as pydicom reads it: preamble (if any), file meta and command set skipped; a deflated
+    dataset comes inflated in memory."""
+    import zlib
+
+    from pydicom.filereader import _read_command_set_elements, _read_file_meta_info, read_preamble
+
+    fh.seek(0)
+    read_preamble(fh, True)
+    syntax = _read_file_meta_info(fh).get("TransferSyntaxUID")
+    _read_command_set_elements(fh)
+    start = fh.tell()
+    if syntax == DeflatedExplicitVRLittleEndian:
+        return start, syntax, io.BytesIO(zlib.decompress(fh.read(), -zlib.MAX_WBITS))
+    return start, syntax, fh
+
+
 def repeated_differently(elements) -> bool:
     """True when a tag occurs more than once among ``elements`` ((tag, contents) pairs, in file
     order) and its occurrences are not known to be identical (``None`` contents: unknown).

@@ -196,22 +196,18 @@ def with_element(data: bytes, tag: int, value: bytes, at_end: bool = False) -> b
     transfer syntax (implicit or explicit VR, either endian, deflated), spliced in just before
     its pixel data or at the very end, whatever tags precede it: a repeated or out-of-order tag,
     as faulty exporters write them."""
-    import io
     import struct
     import zlib
 
     from pydicom.datadict import dictionary_VR
-    from pydicom.filereader import _read_file_meta_info, data_element_generator, read_preamble
+    from pydicom.filereader import data_element_generator
     from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
-    from .rawsplit import PIXEL_TAGS
+    from .rawsplit import PIXEL_TAGS, dataset_stream
 
-    fh = io.BytesIO(data)
-    read_preamble(fh, True)
-    syntax = _read_file_meta_info(fh).TransferSyntaxUID
-    start = fh.tell()
+    start, syntax, stream = dataset_stream(io.BytesIO(data))
+    body = stream.read()
     deflated = syntax == DeflatedExplicitVRLittleEndian
-    body = zlib.decompress(data[start:], -zlib.MAX_WBITS) if deflated else data[start:]
     implicit, little = syntax == ImplicitVRLittleEndian, syntax != ExplicitVRBigEndian
     e = "<" if little else ">"
     value += b" " * (len(value) % 2)
