@@ -124,7 +124,8 @@ def anonymize(request: RunRequest) -> dict:
                     listed["changed"])
         pending = store.count(cfg.source, "status IN ('new', 'planned')")
         processes = worker_processes(req.workers, pending, req.batch_size)
-        logger.info("batch tasks: %s for %d files to look at", _runner_name(req, processes), pending)
+        batch_tasks = _runner_name(req, processes)
+        logger.info("batch tasks: %s for %d files to look at", batch_tasks, pending)
         with task_runner(req, processes) as runner:
             _run_waves(enumerate(store.iter_uninspected(cfg.source, req.batch_size), start=1),
                        lambda n, b: runner.submit(inspect, {"cfg": cfg, "batch_no": n, "entries": Batch(b)}),
@@ -149,7 +150,7 @@ def anonymize(request: RunRequest) -> dict:
             # target pauses (deployment: suspend for operator input) or stops (CLI: exit 75)
             totals = {"exported": 0, "skipped_identical": 0, "bytes_out": 0, "target_full": False,
                       "reports_exported": 0, "manifest_written": False,
-                      "batch_tasks": _runner_name(req, processes)}
+                      "batch_tasks": batch_tasks}
             targets_used = []
             attempt = 0
             while True:

@@ -310,7 +310,7 @@ def _split_path(fh: io.BytesIO, size: int, scrub: Callable, keeps_as_read: Calla
         return None
     encoded, hits, misses, parse = {}, {}, {}, set()
     cid = ctx = fingerprint = None
-    if memo is not None and len({e[0] for e in sp.elements}) == len(sp.elements):  # no repeated tag
+    if memo is not None and not rawsplit.repeats_a_tag(sp):
         fingerprint = (sp.implicit,) + tuple(buf[e[2]:e[5]] for e in sp.elements if e[0] in memo.fingerprint_tags)
         cid, ctx = memo.context(fingerprint)
     for e in sp.elements:  # e: (tag, vr, start, value_start, length, end)

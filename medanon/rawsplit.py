@@ -261,9 +261,14 @@ def repeated_differently(elements) -> bool:
     return False
 
 
+def repeats_a_tag(sp: Split) -> bool:
+    """True when a tag occurs more than once among the split's top-level elements."""
+    return len({e[0] for e in sp.elements}) != len(sp.elements)
+
+
 def split_repeats_differ(buf: bytes, sp: Split) -> bool:
     """``repeated_differently`` over the top-level elements of a split file."""
-    if len({e[0] for e in sp.elements}) == len(sp.elements):
+    if not repeats_a_tag(sp):
         return False
     return repeated_differently((e[0], buf[e[2]:e[5]]) for e in sp.elements)
 
