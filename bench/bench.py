@@ -31,6 +31,7 @@ import platform
 import random
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -523,6 +524,28 @@ def machine_facts() -> dict:
             "platform": platform.platform(), "cp": cp_version, "versions": versions}
 
 
+def median_of(rounds: list[list[dict]], keys: tuple) -> list[dict]:
+    """One result per tool run from several rounds: the median of each timing in ``keys``, the
+    others from the first round, and each round's wall time in ``walls``. A run that failed in
+    any round is reported as that failed round."""
+    if len(rounds) <= 1:
+        return rounds[0] if rounds else []
+    out = []
+    for same in zip(*rounds):
+        bad = [r for r in same if r["status"] not in ("ok", "skipped")]
+        if bad:
+            out.append(bad[0])
+            continue
+        r = dict(same[0])
+        for k in keys:
+            values = [x[k] for x in same if x.get(k) is not None]
+            if values:
+                r[k] = round(statistics.median(values), 2)
+        r["walls"] = [x.get("wall") for x in same]
+        out.append(r)
+    return out
+
+
 def ratios(results: list[dict]) -> dict:
     """Time ratios medanon / tool for the same N files (> 1: medanon takes that many times longer).
 
@@ -574,6 +597,12 @@ def table(report: dict) -> str:
                       f"peak RSS main process {m.get('peak_rss_main_mb')} MB, process tree "
                       f"{m.get('peak_rss_tree_mb')} MB ({m.get('max_processes')} processes), "
                       f"wait4 ru_maxrss {m['maxrss_mb']} MB; summary {json.dumps(m.get('summary'))}"]
+    spread = [r for r in report["results"] if r.get("walls")]
+    if spread:
+        lines += ["", f"Median of {report.get('repeat')} rounds; each round's wall seconds:"]
+        lines += [f"- {r['label']}: " + ", ".join(f"{w:.2f}" for w in r["walls"]) for r in spread]
+        lines += [f"- Prefect floor ({f['api']}): " + ", ".join(f"{w:.2f}" for w in f["walls"])
+                  for f in report.get("floor", []) if f.get("walls")]
     spent = budget(report)
     if spent:
         lines += ["", "Budget and fixed costs:"] + [f"- {line}" for line in spent]
@@ -603,10 +632,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the untimed copy that touches the memory the outputs will use before the first tool")
     ap.add_argument("--no-floor", dest="floor", action="store_false",
                     help="skip timing an empty Prefect flow run (the fixed cost of every medanon run)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every tool (and the floor) this many times, in rounds, and report the median "
+                         "of each timing with every round's wall time (default 1)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (archive, outputs, logs)")
     ap.add_argument("--keep-outputs", action="store_true", help="keep each tool's output folder")
     args = ap.parse_args(argv)
 
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
     tools = ["medanon"] if args.memory else [t.strip() for t in args.tools.split(",") if t.strip()]
     bad = [t for t in tools if t not in ALL_TOOLS]
     if bad:
@@ -645,18 +679,30 @@ def main(argv: list[str] | None = None) -> int:
             if "medanon" in tools and any(api == "dask" for api, _ in runs):
                 dask_address = stack.enter_context(dask_cluster(home))
                 log(f"Dask cluster up at {dask_address}, 2 workers (untimed)")
-            for t in tools:
-                if t == "medanon":
-                    results += [run_tool(t, src, work, args.n, args, api, extra, server_url, dask_address)
+            rounds, floor_rounds = [], []
+            for k in range(args.repeat):
+                if args.repeat > 1:
+                    log(f"round {k + 1} of {args.repeat}")
+                one = []
+                for t in tools:
+                    if t == "medanon":
+                        one += [run_tool(t, src, work, args.n, args, api, extra, server_url, dask_address)
                                 for api, extra in runs]
-                else:
-                    results.append(run_tool(t, src, work, args.n, args))
-            floors = []
-            if "medanon" in tools and args.floor:
-                apis = dict.fromkeys("embedded" if api == "embedded" else "server" for api, _ in runs)
-                floors = [run_floor(work, api, server_url) for api in apis]
+                    else:
+                        one.append(run_tool(t, src, work, args.n, args))
+                rounds.append(one)
+                if "medanon" in tools and args.floor:
+                    apis = dict.fromkeys("embedded" if api == "embedded" else "server" for api, _ in runs)
+                    floor_rounds.append([run_floor(work, api, server_url) for api in apis])
+            results = median_of(rounds, ("wall", "inner_seconds", "user_cpu", "sys_cpu"))
+            floors = median_of(floor_rounds, ("wall", "imports", "flow_call", "task_run_ms", "task_run_cpu_ms"))
+            for r in results:
+                if r["status"] == "ok":
+                    r["files_per_s"] = round(args.n / r["wall"], 1) if r["wall"] else None
+                    r["inner_files_per_s"] = round(args.n / r["inner_seconds"], 1) if r.get("inner_seconds") else None
         report = {"n": args.n, "mode": "memory" if args.memory else "speed", "workdir": str(work),
                   "medanon_runs": args.medanon_runs, "medanon_args": args.medanon_args, "warm_up": args.warm_up,
+                  "repeat": args.repeat,
                   "archive": archive, "results": results, "floor": floors, "ratios": ratios(results), "machine": machine_facts()}
         text = table(report)
         if args.json:

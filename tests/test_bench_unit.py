@@ -1,0 +1,42 @@
+"""bench/bench.py's aggregation of repeated rounds (pure logic; the bench itself is run by hand)."""
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_main", ROOT / "bench" / "bench.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(label, status, wall, inner=None):
+    return {"tool": label.split()[0], "label": label, "status": status, "wall": wall, "inner_seconds": inner}
+
+
+def test_median_of_rounds_takes_each_timing_median_and_keeps_every_wall():
+    bench = _bench()
+    rounds = [[_run("medanon (server)", "ok", 7.0, 4.0), _run("cp", "ok", 1.4)],
+              [_run("medanon (server)", "ok", 9.0, 5.0), _run("cp", "ok", 0.5)],
+              [_run("medanon (server)", "ok", 8.0, 6.0), _run("cp", "ok", 0.9)]]
+    med = bench.median_of(rounds, ("wall", "inner_seconds"))
+    assert [r["wall"] for r in med] == [8.0, 0.9]
+    assert med[0]["inner_seconds"] == 5.0 and med[1]["inner_seconds"] is None
+    assert med[0]["walls"] == [7.0, 9.0, 8.0] and med[1]["walls"] == [1.4, 0.5, 0.9]
+    assert rounds[0][0]["wall"] == 7.0  # the rounds themselves are left as measured
+
+
+def test_a_run_that_failed_in_any_round_is_reported_failed():
+    bench = _bench()
+    rounds = [[_run("dicognito", "ok", 9.0)], [_run("dicognito", "failed", 1.0)], [_run("dicognito", "ok", 9.5)]]
+    (med,) = bench.median_of(rounds, ("wall",))
+    assert med["status"] == "failed" and "walls" not in med
+
+
+def test_one_round_is_reported_as_measured():
+    bench = _bench()
+    one = [[_run("cp", "ok", 1.23)]]
+    assert bench.median_of(one, ("wall",)) == one[0]
