@@ -526,7 +526,7 @@ def machine_facts() -> dict:
 
 def median_of(rounds: list[list[dict]], keys: tuple) -> list[dict]:
     """One result per tool run from several rounds: the median of each timing in ``keys``, the
-    others from the first round, and each round's wall time in ``walls``. A run that failed in
+    others (the run summary, peak memory) from the first round, and each round's wall time in ``walls``. A run that failed in
     any round is reported as that failed round."""
     if len(rounds) <= 1:
         return rounds[0] if rounds else []
@@ -596,7 +596,8 @@ def table(report: dict) -> str:
                       f"CPU user {m['user_cpu']} s + sys {m['sys_cpu']} s; "
                       f"peak RSS main process {m.get('peak_rss_main_mb')} MB, process tree "
                       f"{m.get('peak_rss_tree_mb')} MB ({m.get('max_processes')} processes), "
-                      f"wait4 ru_maxrss {m['maxrss_mb']} MB; summary {json.dumps(m.get('summary'))}"]
+                      f"wait4 ru_maxrss {m['maxrss_mb']} MB; summary{' (round 1)' if m.get('walls') else ''} "
+                      f"{json.dumps(m.get('summary'))}"]
     spread = [r for r in report["results"] if r.get("walls")]
     if spread:
         lines += ["", f"Median of {report.get('repeat')} rounds; each round's wall seconds:"]
