@@ -526,8 +526,8 @@ def machine_facts() -> dict:
 
 def median_of(rounds: list[list[dict]], keys: tuple) -> list[dict]:
     """One result per tool run from several rounds: the median of each timing in ``keys``, the
-    others (the run summary, peak memory) from the first round, and each round's wall time in ``walls``. A run that failed in
-    any round is reported as that failed round."""
+    others (the run summary, peak memory) from the first round, and each round's wall time in
+    ``walls``. A run that failed in any round is reported as that failed round."""
     if len(rounds) <= 1:
         return rounds[0] if rounds else []
     out = []
