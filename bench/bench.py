@@ -527,12 +527,13 @@ def machine_facts() -> dict:
 def median_of(rounds: list[list[dict]], keys: tuple) -> list[dict]:
     """One result per tool run from several rounds: the median of each timing in ``keys``, the
     others (the run summary, peak memory) from the first round, and each round's wall time in
-    ``walls``. A run that failed in any round is reported as that failed round."""
+    ``walls``. A run that failed in any round is reported as that failed round, and a skipped
+    one (a tool not installed) as skipped."""
     if len(rounds) <= 1:
         return rounds[0] if rounds else []
     out = []
     for same in zip(*rounds):
-        bad = [r for r in same if r["status"] not in ("ok", "skipped")]
+        bad = [r for r in same if r["status"] != "ok"]
         if bad:
             out.append(bad[0])
             continue

@@ -36,6 +36,22 @@ def test_a_run_that_failed_in_any_round_is_reported_failed():
     assert med["status"] == "failed" and "walls" not in med
 
 
+def test_a_skipped_tool_stays_skipped_and_the_table_prints():
+    bench = _bench()
+    skipped = {"tool": "deid", "label": "deid", "status": "skipped", "reason": "deid is not installed"}
+    rounds = [[_run("cp", "ok", 1.4), dict(skipped)], [_run("cp", "ok", 0.5), dict(skipped)]]
+    med = bench.median_of(rounds, ("wall",))
+    assert med[1] == skipped
+    report = {"n": 10, "repeat": 2, "results": med, "ratios": bench.ratios(med), "floor": [],
+              "archive": {"bytes": 1 << 20, "patients": 1, "seconds": 0.1},
+              "machine": {"nproc": 2, "cpu": "", "memory": "", "python": "3.11", "versions": {}}}
+    for r in med:
+        r.setdefault("files_out", 10)
+        r.setdefault("files_per_s", None)
+    text = bench.table(report)
+    assert "- cp: 1.40, 0.50" in text and "skipped (deid is not installed)" in text
+
+
 def test_one_round_is_reported_as_measured():
     bench = _bench()
     one = [[_run("cp", "ok", 1.23)]]
