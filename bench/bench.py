@@ -429,12 +429,17 @@ def run_tool(tool: str, src: Path, work: Path, n: int, args, api: str = "embedde
     res["files_out"] = count_files(out) if out.exists() else 0
     if tool == "medanon" and (out / "manifest.csv").exists():
         res["files_out"] -= 1
-    res["files_per_s"] = round(n / r["wall"], 1) if r["wall"] else None
-    res["inner_files_per_s"] = round(n / inner, 1) if inner else None
+    set_rates(res, n, inner)
     log(f"  {label}: rc={r['rc']} wall={r['wall']}s" + (f" inner={res['inner_seconds']}s" if inner else ""))
     if not args.keep_outputs:
         shutil.rmtree(out, ignore_errors=True)
     return res
+
+
+def set_rates(res: dict, n: int, inner: float | None) -> None:
+    """files/s for n files from a result's wall time and from the tool's own time (``inner``)."""
+    res["files_per_s"] = round(n / res["wall"], 1) if res["wall"] else None
+    res["inner_files_per_s"] = round(n / inner, 1) if inner else None
 
 
 def run_floor(work: Path, api: str, server_url: str | None) -> dict:
@@ -666,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(["cp", "-r", str(src), str(work / "warm-up")], check=True)
             shutil.rmtree(work / "warm-up")
         runs = parse_runs(args.medanon_runs)
-        results = []
+        floor_apis = dict.fromkeys("embedded" if api == "embedded" else "server" for api, _ in runs)
         with contextlib.ExitStack() as stack:
             server_url = None
             dask_address = None
@@ -694,14 +699,12 @@ def main(argv: list[str] | None = None) -> int:
                         one.append(run_tool(t, src, work, args.n, args))
                 rounds.append(one)
                 if "medanon" in tools and args.floor:
-                    apis = dict.fromkeys("embedded" if api == "embedded" else "server" for api, _ in runs)
-                    floor_rounds.append([run_floor(work, api, server_url) for api in apis])
+                    floor_rounds.append([run_floor(work, api, server_url) for api in floor_apis])
             results = median_of(rounds, ("wall", "inner_seconds", "user_cpu", "sys_cpu"))
             floors = median_of(floor_rounds, ("wall", "imports", "flow_call", "task_run_ms", "task_run_cpu_ms"))
             for r in results:
-                if r["status"] == "ok":
-                    r["files_per_s"] = round(args.n / r["wall"], 1) if r["wall"] else None
-                    r["inner_files_per_s"] = round(args.n / r["inner_seconds"], 1) if r.get("inner_seconds") else None
+                if r.get("walls"):  # timings aggregated over rounds
+                    set_rates(r, args.n, r.get("inner_seconds"))
         report = {"n": args.n, "mode": "memory" if args.memory else "speed", "workdir": str(work),
                   "medanon_runs": args.medanon_runs, "medanon_args": args.medanon_args, "warm_up": args.warm_up,
                   "repeat": args.repeat,
