@@ -216,6 +216,19 @@ def _ask_operator(req: RunRequest, attempt: int, remaining: int) -> TargetChoice
     return suspend_flow_run(wait_for_input=TargetChoice, key=f"target-full-{attempt}", timeout=None)
 
 
+def flush_in_flow(cfg: WorkerConfig, req: RunRequest):
+    """Who makes a batch durable before the ledger records it: (the workers' config, the flow's flush).
+
+    Threads and local worker processes write on the flow's machine, so the flow flushes (one sync
+    covers every batch written so far) while the workers go on with the next batches. Dask workers
+    may be other machines: they flush their own writes. No flush with ``sync`` off, or for a target
+    without one (a bucket: a completed PUT is durable)."""
+    flush = getattr(cfg.open_target(), "sync", None) if cfg.sync and not req.dask_address else None
+    if flush is None:
+        return cfg, None
+    return cfg.model_copy(update={"sync": False}), flush
+
+
 def _budgeted_stage(runner, task, cfg: WorkerConfig, store: StateStore, req: RunRequest, batches, size_at: int,
                     on_result) -> bool:
     """Run numbered batches of a worker task against the target; True when the target filled up.
@@ -224,6 +237,7 @@ def _budgeted_stage(runner, task, cfg: WorkerConfig, store: StateStore, req: Run
     this target already holds and the estimated size (``item[size_at]``) of batches in flight."""
     full = {"hit": False}
     in_flight: dict[int, int] = {}
+    cfg, flush = flush_in_flow(cfg, req)
 
     def budgeted():
         for n, b in enumerate(batches, start=1):
@@ -245,6 +259,8 @@ def _budgeted_stage(runner, task, cfg: WorkerConfig, store: StateStore, req: Run
 
     def handle(n, result):
         in_flight.pop(n, None)
+        if flush is not None and result["exported"]:
+            flush()
         on_result(n, result)
         full["hit"] |= result["target_full"]
 

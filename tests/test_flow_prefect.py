@@ -173,3 +173,70 @@ def test_automatic_workers_run_a_large_run_in_processes_with_the_same_output(har
         return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
     assert files(tmp_path / "auto") == files(tmp_path / "threads")
+
+
+def test_the_ledger_records_a_batch_only_once_the_flow_has_flushed_it(harness, tmp_path, monkeypatch):
+    """Local workers leave the flush to the flow (so they go on writing the next batch): every file the
+    ledger records was complete before a sync that the flow's own thread called. --no-sync: no sync."""
+    import threading
+
+    from flows.anonymize import anonymize
+    from medanon.request import RunRequest
+    from medanon.samples import build_series_archive
+    from medanon.state import StateStore
+    from medanon.storage.local import TMP_PREFIX, LocalTarget
+
+    monkeypatch.setenv("MEDANON_KEY", TEST_KEY)
+    src, out = tmp_path / "src", tmp_path / "out"
+    build_series_archive(src, 24, per_series=6)
+    flow_thread = threading.get_ident()
+    events = {"synced": 0, "recorded": 0, "sync_threads": set(), "late": []}
+    real_sync, real_mark_done = LocalTarget.sync, StateStore.mark_done
+
+    def spy_sync(self):
+        if Path(self.root) == out:
+            # complete (renamed) before this sync starts, so durable once it returns
+            done = sum(1 for p in out.rglob("*") if p.is_file() and not p.name.startswith(TMP_PREFIX))
+            events["sync_threads"].add(threading.get_ident())
+        real_sync(self)
+        if Path(self.root) == out:
+            events["synced"] = max(events["synced"], done)
+
+    def spy_mark_done(self, outputs, target_url):
+        if outputs:
+            events["recorded"] += len(outputs)
+            if events["recorded"] > events["synced"]:
+                events["late"].append((events["recorded"], events["synced"]))
+        return real_mark_done(self, outputs, target_url)
+
+    monkeypatch.setattr(LocalTarget, "sync", spy_sync)
+    monkeypatch.setattr(StateStore, "mark_done", spy_mark_done)
+    summary = anonymize(RunRequest(source=str(src), target=str(out), state_dir=str(tmp_path / "state"),
+                                   batch_size=4, label="flush"))
+    assert summary["exported"] == events["recorded"] == 24
+    assert events["late"] == []  # nothing recorded before it was flushed
+    assert events["sync_threads"] == {flow_thread}  # the flow flushed, not the worker threads
+
+    events.update(synced=0, recorded=0, sync_threads=set())
+    out = tmp_path / "out-nosync"
+    summary = anonymize(RunRequest(source=str(src), target=str(out), state_dir=str(tmp_path / "state2"),
+                                   batch_size=4, label="nosync", sync=False))
+    assert summary["exported"] == events["recorded"] == 24 and events["sync_threads"] == set()
+
+
+def test_dask_workers_flush_their_own_writes(tmp_path):
+    """Dask workers may be other machines: the flow cannot flush their disks, so they keep doing it."""
+    from flows.anonymize import flush_in_flow
+    from medanon.pipeline import WorkerConfig
+    from medanon.profile import get_profile
+    from medanon.request import RunRequest
+
+    cfg = WorkerConfig(source=str(tmp_path), target=str(tmp_path / "out"), profile=get_profile("research"),
+                       key=b"k" * 32)
+    req = RunRequest(source=str(tmp_path), target=str(tmp_path / "out"))
+    worker_cfg, flush = flush_in_flow(cfg, req)
+    assert flush is not None and worker_cfg.sync is False and cfg.sync is True
+    worker_cfg, flush = flush_in_flow(cfg, req.model_copy(update={"dask_address": "tcp://127.0.0.1:1"}))
+    assert flush is None and worker_cfg.sync is True
+    worker_cfg, flush = flush_in_flow(cfg.model_copy(update={"sync": False}), req)
+    assert flush is None and worker_cfg.sync is False
