@@ -18,7 +18,8 @@ from prefect.utilities.annotations import opaque
 
 from medanon.export import record_batch
 from medanon.keys import load_key
-from medanon.pipeline import Batch, BatchIncomplete, WorkerConfig, default_state_dir, worker_processes
+from medanon.pipeline import (Batch, BatchIncomplete, WorkerConfig, default_state_dir, inspect_batch_size,
+                              worker_processes)
 from medanon.profile import get_profile
 from medanon.request import RunRequest, TargetChoice
 from medanon.state import StateStore
@@ -127,7 +128,9 @@ def anonymize(request: RunRequest) -> dict:
         batch_tasks = _runner_name(req, processes)
         logger.info("batch tasks: %s for %d files to look at", batch_tasks, pending)
         with task_runner(req, processes) as runner:
-            _run_waves(enumerate(store.iter_uninspected(cfg.source, req.batch_size), start=1),
+            in_threads = processes <= 1 and not req.dask_address
+            _run_waves(enumerate(store.iter_uninspected(cfg.source, inspect_batch_size(req.batch_size, in_threads)),
+                                 start=1),
                        lambda n, b: runner.submit(inspect, {"cfg": cfg, "batch_no": n, "entries": Batch(b)}),
                        lambda n, items: store.record_inspected(items), req.max_in_flight)
 

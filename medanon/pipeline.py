@@ -308,6 +308,19 @@ def worker_processes(requested: int, pending: int, batch_size: int, cpus: int | 
     return max(1, n)
 
 
+# A task run in a worker process or on Dask costs about 0.1 s of worker time (Prefect hydrates its
+# settings and context, opens an API client, and records the run's states), against about 5 ms in a
+# thread. Inspection reads headers only, about a tenth of a scrub's work per file, so there each
+# inspection task takes this many times a scrub batch's files.
+INSPECT_BATCH_FACTOR = 4
+
+
+def inspect_batch_size(batch_size: int, in_threads: bool) -> int:
+    """Files per inspection task: ``batch_size`` in threads, ``INSPECT_BATCH_FACTOR`` times as many
+    where each task run costs a worker process about 0.1 s (local processes, Dask)."""
+    return batch_size if in_threads else batch_size * INSPECT_BATCH_FACTOR
+
+
 def _read_first_line(path: str) -> str | None:
     try:
         with open(path) as fh:

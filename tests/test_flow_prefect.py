@@ -174,6 +174,19 @@ def test_automatic_workers_run_a_large_run_in_processes_with_the_same_output(har
 
     assert files(tmp_path / "auto") == files(tmp_path / "threads")
 
+    # a task run costs a worker process about 0.1 s: header reads go in INSPECT_BATCH_FACTOR times
+    # bigger batches there, scrubs keep the batch size
+    flows, tasks, _, _ = asyncio.run(_collect())
+    run_of = {f.id: f.name for f in flows}
+
+    def count(flow_name, prefix):
+        return sum(run_of.get(t.flow_run_id) == flow_name and t.name.startswith(prefix) for t in tasks)
+
+    assert count("anonymize-threads", "inspect-batch-") == 4 and count("anonymize-threads", "scrub-batch-") == 4
+    if pipeline.usable_cpus() >= 2:
+        assert count("anonymize-auto", "inspect-batch-") == -(-40 // (10 * pipeline.INSPECT_BATCH_FACTOR)) == 1
+        assert count("anonymize-auto", "scrub-batch-") == 4
+
 
 def test_the_ledger_records_a_batch_only_once_the_flow_has_flushed_it(harness, tmp_path, monkeypatch):
     """Local workers leave the flush to the flow (so they go on writing the next batch): every file the
