@@ -153,16 +153,19 @@ print("BENCH_RESULT " + json.dumps({"files": n, "seconds": time.perf_counter() -
 # The fixed cost of any medanon run: Python start-up, medanon's imports (Prefect, pydicom), and a
 # Prefect flow run that does nothing, with medanon's default task runner, created and torn down
 # through the same API. No file is read or written. Then the cost of one task run: TASKS no-op
-# task runs submitted as medanon submits its batches, timed inside a second flow run.
+# task runs submitted as medanon submits its batches, timed inside a second flow run. Then what a
+# task run costs a worker process (as medanon's runs of 4 000 files or more use): POOL_TASKS task
+# runs that each sleep POOL_WORK s, on 2 processes started beforehand; the time beyond the sleeps.
 FLOOR_CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
 sys.path.insert(0, sys.argv[1])
 import flows.anonymize  # everything a medanon run imports
 from prefect import flow, task
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 imported = time.perf_counter() - t0
 TASKS = 40
+POOL_TASKS, POOL_WORK, POOL = 20, 0.2, 2
 
 @task
 def noop(n):
@@ -177,14 +180,30 @@ def floor(tasks):
             runner.submit(noop, {"n": n}).result()
         return time.perf_counter() - t, time.process_time() - c
 
-t1 = time.perf_counter()
-floor(0)
-empty = time.perf_counter() - t1
-t2 = time.perf_counter()
-elapsed, cpu = floor(TASKS)
-second = time.perf_counter() - t2
-print("BENCH_RESULT " + json.dumps({"imports": imported, "flow_call": empty, "second_flow": second,
-                                     "task_run": elapsed / TASKS, "task_run_cpu": cpu / TASKS}))
+@task
+def busy(n, seconds):
+    time.sleep(seconds)  # stands in for a batch's work
+    return n
+
+@flow(name="medanon-bench-floor-pool", persist_result=False)
+def pool_floor(tasks, work):
+    with ProcessPoolTaskRunner(max_workers=POOL) as runner:
+        [f.result() for f in [runner.submit(busy, {"n": -1 - i, "seconds": 0.0}) for i in range(POOL)]]  # start
+        t = time.perf_counter()
+        [f.result() for f in [runner.submit(busy, {"n": n, "seconds": work}) for n in range(tasks)]]
+        return time.perf_counter() - t
+
+if __name__ == "__main__":
+    t1 = time.perf_counter()
+    floor(0)
+    empty = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    elapsed, cpu = floor(TASKS)
+    pooled = pool_floor(POOL_TASKS, POOL_WORK)
+    second = time.perf_counter() - t2
+    print("BENCH_RESULT " + json.dumps({"imports": imported, "flow_call": empty, "second_flow": second,
+                                         "task_run": elapsed / TASKS, "task_run_cpu": cpu / TASKS,
+                                         "pool_task_run": (pooled * POOL - POOL_TASKS * POOL_WORK) / POOL_TASKS}))
 """
 
 DICOGNITO_CHILD = r"""
@@ -419,7 +438,7 @@ def run_tool(tool: str, src: Path, work: Path, n: int, args, api: str = "embedde
                 except ValueError:
                     pass
         res["summary"] = {k: summary.get(k) for k in ("discovered", "dicom", "exported", "quarantined",
-                                                      "bytes_out", "seconds")} if summary else None
+                                                      "bytes_out", "seconds", "batch_tasks")} if summary else None
         inner = summary.get("seconds")
         if r["rc"] == 0 and summary.get("exported") != n:
             res["status"] = "incomplete"
@@ -457,12 +476,14 @@ def run_floor(work: Path, api: str, server_url: str | None) -> dict:
     res = {"api": api, "status": "ok" if r["rc"] == 0 and marked else "failed",
            "imports": round(marked.get("imports", 0), 2), "flow_call": round(marked.get("flow_call", 0), 2),
            "task_run_ms": round(marked.get("task_run", 0) * 1000, 1),
-           "task_run_cpu_ms": round(marked.get("task_run_cpu", 0) * 1000, 1)}
-    res["wall"] = round(r["wall"] - marked.get("second_flow", 0), 2)  # the process, less the second flow run
+           "task_run_cpu_ms": round(marked.get("task_run_cpu", 0) * 1000, 1),
+           "pool_task_run_ms": round(marked.get("pool_task_run", 0) * 1000, 1)}
+    res["wall"] = round(r["wall"] - marked.get("second_flow", 0), 2)  # the process, less the later flow runs
     if res["status"] != "ok":
         res["stderr_tail"] = r.get("stderr_tail", "")
     log(f"  floor ({api}): wall={res['wall']}s imports={res['imports']}s empty flow={res['flow_call']}s "
-        f"task run={res['task_run_ms']}ms ({res['task_run_cpu_ms']}ms CPU)")
+        f"task run={res['task_run_ms']}ms ({res['task_run_cpu_ms']}ms CPU), "
+        f"{res['pool_task_run_ms']}ms of a worker process's time")
     return res
 
 
@@ -477,24 +498,51 @@ def budget(report: dict) -> list[str]:
         if f["status"] == "ok":
             lines.append(f"Prefect floor ({f['api']}): {f['wall']:.2f} s wall for an empty flow run "
                          f"(imports {f['imports']} s, flow run {f['flow_call']} s); one task run takes "
-                         f"{f['task_run_ms']} ms one after another, {f['task_run_cpu_ms']} ms of it CPU")
+                         f"{f['task_run_ms']} ms one after another, {f['task_run_cpu_ms']} ms of it CPU"
+                         + (f"; in a worker process, {f['pool_task_run_ms']} ms of the worker's time"
+                            if f.get("pool_task_run_ms") else ""))
     if "cp" in by:
         lines.append(f"cp -r: {by['cp']['wall']:.2f} s")
-    # Prefect's cost per batch: a medanon run makes 3 task runs per batch of instances (inspect,
-    # scrub, export) plus 4 (discover, pair, remap, manifest). Their latency one after another is
-    # an upper bound (batches run 4 at a time); their CPU is what they take from GIL-bound work.
-    words = shlex.split(report.get("medanon_args", ""))
-    size = int(words[words.index("--batch-size") + 1]) if "--batch-size" in words else 500
-    task_runs = 3 * -(-report["n"] // size) + 4
     runs = [r for r in report["results"] if r["tool"] == "medanon" and r["status"] == "ok" and r.get("inner_seconds")]
     for f in report.get("floor", []):
         for m in runs:
             if f["status"] == "ok" and (m["label"].startswith("medanon (embedded")) == (f["api"] == "embedded"):
-                cost, cpu = (task_runs * f[k] / 1000 for k in ("task_run_ms", "task_run_cpu_ms"))
-                lines.append(f"{m['label']}: {task_runs} task runs (batches of {size}) take at most {cost:.2f} s "
-                             f"({100 * cost / m['inner_seconds']:.1f} % of its flow time), {cpu * 1000:.0f} ms of it CPU "
-                             f"({100 * cpu / m['inner_seconds']:.1f} %)")
+                line = task_run_cost(report["n"], report.get("medanon_args", ""), m, f)
+                if line:
+                    lines.append(line)
     return lines
+
+
+def task_run_cost(n: int, medanon_args: str, m: dict, f: dict) -> str | None:
+    """What Prefect's task runs cost medanon run ``m``, from floor ``f``'s per-task figures.
+
+    Per batch of instances a run makes an inspect, a scrub and an export task run, plus 4 more
+    (discover, pair, remap, manifest). In threads each costs ``task_run_ms`` one after another (an
+    upper bound: batches run 4 at a time), ``task_run_cpu_ms`` of it CPU taken from GIL-bound work.
+    With K worker processes the inspect and scrub task runs each take ``pool_task_run_ms`` of a
+    worker's time (inspection batches are INSPECT_BATCH_FACTOR times bigger there), shared by K
+    workers; export and the 4 others run in the flow as in threads. Not estimated for Dask."""
+    from medanon.pipeline import INSPECT_BATCH_FACTOR
+
+    words = shlex.split(medanon_args) + shlex.split(m["label"].partition("(")[2].rstrip(")"))
+    size = int(words[words.index("--batch-size") + 1]) if "--batch-size" in words else 500
+    batches = -(-n // size)
+    how = (m.get("summary") or {}).get("batch_tasks") or "threads"
+    if how == "threads":
+        task_runs = 3 * batches + 4
+        cost, cpu = (task_runs * f[k] / 1000 for k in ("task_run_ms", "task_run_cpu_ms"))
+        return (f"{m['label']}: {task_runs} task runs (batches of {size}) take at most {cost:.2f} s "
+                f"({100 * cost / m['inner_seconds']:.1f} % of its flow time), {cpu * 1000:.0f} ms of it CPU "
+                f"({100 * cpu / m['inner_seconds']:.1f} %)")
+    if not how.endswith(" processes") or not f.get("pool_task_run_ms"):
+        return None
+    k = int(how.split()[0])
+    in_workers = -(-n // (size * INSPECT_BATCH_FACTOR)) + batches
+    in_flow = batches + 4
+    cost = in_workers * f["pool_task_run_ms"] / 1000 / k + in_flow * f["task_run_ms"] / 1000
+    return (f"{m['label']}: {in_workers} task runs on {k} worker processes ({f['pool_task_run_ms']} ms of a "
+            f"worker's time each) and {in_flow} in the flow ({f['task_run_ms']} ms each) take about {cost:.2f} s "
+            f"({100 * cost / m['inner_seconds']:.1f} % of its flow time)")
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -701,7 +749,8 @@ def main(argv: list[str] | None = None) -> int:
                 if "medanon" in tools and args.floor:
                     floor_rounds.append([run_floor(work, api, server_url) for api in floor_apis])
             results = median_of(rounds, ("wall", "inner_seconds", "user_cpu", "sys_cpu"))
-            floors = median_of(floor_rounds, ("wall", "imports", "flow_call", "task_run_ms", "task_run_cpu_ms"))
+            floors = median_of(floor_rounds, ("wall", "imports", "flow_call", "task_run_ms", "task_run_cpu_ms",
+                                              "pool_task_run_ms"))
             for r in results:
                 if r.get("walls"):  # timings aggregated over rounds
                     set_rates(r, args.n, r.get("inner_seconds"))

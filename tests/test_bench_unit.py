@@ -56,3 +56,23 @@ def test_one_round_is_reported_as_measured():
     bench = _bench()
     one = [[_run("cp", "ok", 1.23)]]
     assert bench.median_of(one, ("wall",)) == one[0]
+
+
+def test_task_run_cost_counts_worker_process_task_runs_at_their_own_price():
+    """Threads: 3 task runs per batch + 4 at the thread price. K processes: inspect (batches
+    INSPECT_BATCH_FACTOR times bigger) and scrub task runs at the worker price shared by K, export
+    and the 4 others at the thread price."""
+    from medanon.pipeline import INSPECT_BATCH_FACTOR
+
+    bench = _bench()
+    floor = {"task_run_ms": 5.0, "task_run_cpu_ms": 4.0, "pool_task_run_ms": 100.0}
+    threads = dict(_run("medanon (server)", "ok", 8.0, 5.0), summary={"batch_tasks": "threads"})
+    line = bench.task_run_cost(2000, "", threads, floor)
+    assert "16 task runs (batches of 500) take at most 0.08 s (1.6 % of its flow time)" in line
+    pool = dict(_run("medanon (server --batch-size 1000)", "ok", 50.0, 40.0), summary={"batch_tasks": "2 processes"})
+    line = bench.task_run_cost(20000, "", pool, floor)
+    in_workers = -(-20000 // (1000 * INSPECT_BATCH_FACTOR)) + 20
+    cost = in_workers * 0.1 / 2 + 24 * 0.005
+    assert f"{in_workers} task runs on 2 worker processes" in line and f"about {cost:.2f} s" in line
+    assert f"({100 * cost / 40:.1f} % of its flow time)" in line
+    assert bench.task_run_cost(20000, "", dict(pool, summary={"batch_tasks": "dask"}), floor) is None
