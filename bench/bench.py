@@ -522,12 +522,13 @@ def task_run_cost(n: int, medanon_args: str, m: dict, f: dict) -> str | None:
     With K worker processes the inspect and scrub task runs each take ``pool_task_run_ms`` of a
     worker's time (inspection batches are INSPECT_BATCH_FACTOR times bigger there), shared by K
     workers; export and the 4 others run in the flow as in threads. Not estimated for Dask."""
-    from medanon.pipeline import INSPECT_BATCH_FACTOR
+    from medanon.pipeline import INSPECT_BATCH_FACTOR, batch_size_for
 
     words = shlex.split(medanon_args) + shlex.split(m["label"].partition("(")[2].rstrip(")"))
-    size = int(words[words.index("--batch-size") + 1]) if "--batch-size" in words else 500
-    batches = -(-n // size)
     how = (m.get("summary") or {}).get("batch_tasks") or "threads"
+    size = batch_size_for(int(words[words.index("--batch-size") + 1]) if "--batch-size" in words else None,
+                          how == "threads")
+    batches = -(-n // size)
     if how == "threads":
         task_runs = 3 * batches + 4
         cost, cpu = (task_runs * f[k] / 1000 for k in ("task_run_ms", "task_run_cpu_ms"))

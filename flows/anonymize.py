@@ -18,8 +18,8 @@ from prefect.utilities.annotations import opaque
 
 from medanon.export import record_batch
 from medanon.keys import load_key
-from medanon.pipeline import (Batch, BatchIncomplete, WorkerConfig, default_state_dir, inspect_batch_size,
-                              worker_processes)
+from medanon.pipeline import (Batch, BatchIncomplete, WorkerConfig, batch_size_for, default_state_dir,
+                              inspect_batch_size, worker_processes)
 from medanon.profile import get_profile
 from medanon.request import RunRequest, TargetChoice
 from medanon.state import StateStore
@@ -126,9 +126,11 @@ def anonymize(request: RunRequest) -> dict:
         pending = store.count(cfg.source, "status IN ('new', 'planned')")
         processes = worker_processes(req.workers, pending, req.batch_size)
         batch_tasks = _runner_name(req, processes)
-        logger.info("batch tasks: %s for %d files to look at", batch_tasks, pending)
+        in_threads = processes <= 1 and not req.dask_address
+        req = req.model_copy(update={"batch_size": batch_size_for(req.batch_size, in_threads)})
+        logger.info("batch tasks: %s for %d files to look at, %d instances per scrub batch", batch_tasks, pending,
+                    req.batch_size)
         with task_runner(req, processes) as runner:
-            in_threads = processes <= 1 and not req.dask_address
             _run_waves(enumerate(store.iter_uninspected(cfg.source, inspect_batch_size(req.batch_size, in_threads)),
                                  start=1),
                        lambda n, b: runner.submit(inspect, {"cfg": cfg, "batch_no": n, "entries": Batch(b)}),

@@ -44,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--allow-burned-in", action="store_true",
                         help="export instances that may carry burned-in text (quarantined by default)")
         sp.add_argument("--label", default="run", help="a PHI-free name for this run (shown in Prefect)")
-        sp.add_argument("--batch-size", type=int, default=500, help="instances per Prefect task (default 500)")
+        sp.add_argument("--batch-size", type=int, default=None,
+                        help="instances per scrub task (default: 500 in threads, 1 000 in worker processes or on "
+                             "Dask)")
         sp.add_argument("--byte-budget", type=int, help="stop when this run has written this many bytes")
         sp.add_argument("--no-sync", dest="sync", action="store_false",
                         help="do not flush each batch to disk (safe against kills, not against power loss)")

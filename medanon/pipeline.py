@@ -287,12 +287,13 @@ AUTO_PROCESSES_FROM = 4000  # files to look at: below this, starting processes c
 WORKER_MEMORY = 512 << 20  # what the automatic choice keeps free for each worker process
 
 
-def worker_processes(requested: int, pending: int, batch_size: int, cpus: int | None = None,
+def worker_processes(requested: int, pending: int, batch_size: int | None, cpus: int | None = None,
                      available_memory: int | None = -1) -> int:
     """Local worker processes for the batch tasks; 1 means threads in the flow process.
 
     ``requested`` of 1 or more is the operator's choice. 0 is automatic: one process per usable
-    CPU, no more than there are batches or than available memory allows (``WORKER_MEMORY`` each),
+    CPU, no more than there are batches (of ``batch_size``, or the automatic size in processes) or
+    than available memory allows (``WORKER_MEMORY`` each),
     once the run has at least ``AUTO_PROCESSES_FROM`` files to look at; threads otherwise. In
     threads the scrub keeps about one core busy (the GIL); a process costs about 1.5 s to start
     (an interpreter importing Prefect and pydicom), which pays back over a few thousand instances."""
@@ -301,7 +302,7 @@ def worker_processes(requested: int, pending: int, batch_size: int, cpus: int | 
     cpus = usable_cpus() if cpus is None else cpus
     if cpus < 2 or pending < AUTO_PROCESSES_FROM:
         return 1
-    n = min(cpus, -(-pending // max(1, batch_size)))
+    n = min(cpus, -(-pending // max(1, batch_size or WORKER_BATCH_SIZE)))  # no more than there are batches
     memory = available_memory_bytes() if available_memory == -1 else available_memory
     if memory is not None:
         n = min(n, max(1, memory // WORKER_MEMORY))
@@ -310,9 +311,20 @@ def worker_processes(requested: int, pending: int, batch_size: int, cpus: int | 
 
 # A task run in a worker process or on Dask costs about 0.1 s of worker time (Prefect hydrates its
 # settings and context, opens an API client, and records the run's states), against about 5 ms in a
-# thread. Inspection reads headers only, about a tenth of a scrub's work per file, so there each
-# inspection task takes this many times a scrub batch's files.
+# thread. So batches there are bigger: scrub batches of WORKER_BATCH_SIZE unless the operator gives
+# a size, and, as inspection reads headers only (about a tenth of a scrub's work per file),
+# inspection tasks of INSPECT_BATCH_FACTOR times a scrub batch's files.
+DEFAULT_BATCH_SIZE = 500
+WORKER_BATCH_SIZE = 1000
 INSPECT_BATCH_FACTOR = 4
+
+
+def batch_size_for(requested: int | None, in_threads: bool) -> int:
+    """Instances per scrub task: the operator's choice, else ``DEFAULT_BATCH_SIZE`` in threads and
+    ``WORKER_BATCH_SIZE`` in worker processes or on Dask."""
+    if requested:
+        return requested
+    return DEFAULT_BATCH_SIZE if in_threads else WORKER_BATCH_SIZE
 
 
 def inspect_batch_size(batch_size: int, in_threads: bool) -> int:

@@ -76,3 +76,10 @@ def test_task_run_cost_counts_worker_process_task_runs_at_their_own_price():
     assert f"{in_workers} task runs on 2 worker processes" in line and f"about {cost:.2f} s" in line
     assert f"({100 * cost / 40:.1f} % of its flow time)" in line
     assert bench.task_run_cost(20000, "", dict(pool, summary={"batch_tasks": "dask"}), floor) is None
+    # no --batch-size: the automatic size of worker processes (WORKER_BATCH_SIZE)
+    from medanon.pipeline import WORKER_BATCH_SIZE
+
+    auto = dict(pool, label="medanon (server)")
+    batches = -(-20000 // WORKER_BATCH_SIZE)
+    in_workers = -(-20000 // (WORKER_BATCH_SIZE * INSPECT_BATCH_FACTOR)) + batches
+    assert f"{in_workers} task runs on 2 worker processes" in bench.task_run_cost(20000, "", auto, floor)

@@ -253,3 +253,40 @@ def test_dask_workers_flush_their_own_writes(tmp_path):
     assert flush is None and worker_cfg.sync is True
     worker_cfg, flush = flush_in_flow(cfg.model_copy(update={"sync": False}), req)
     assert flush is None and worker_cfg.sync is False
+
+
+def test_without_a_batch_size_worker_processes_get_bigger_batches(harness, tmp_path, monkeypatch):
+    """No batch_size: DEFAULT_BATCH_SIZE per scrub task in threads, WORKER_BATCH_SIZE in worker
+    processes (a task run costs a worker about 0.1 s), inspection INSPECT_BATCH_FACTOR times that;
+    the output is the same either way. Sizes are lowered here to fit 40 files."""
+    from flows.anonymize import anonymize
+    from medanon import pipeline
+    from medanon.request import RunRequest
+    from medanon.samples import build_series_archive
+
+    if pipeline.usable_cpus() < 2:
+        pytest.skip("the automatic choice takes worker processes only with 2 CPUs or more")
+    monkeypatch.setenv("MEDANON_KEY", TEST_KEY)
+    monkeypatch.setattr(pipeline, "AUTO_PROCESSES_FROM", 20)
+    monkeypatch.setattr(pipeline, "DEFAULT_BATCH_SIZE", 10)
+    monkeypatch.setattr(pipeline, "WORKER_BATCH_SIZE", 20)
+    src = tmp_path / "src"
+    build_series_archive(src, 40, per_series=10)
+    auto = anonymize(RunRequest(source=str(src), target=str(tmp_path / "auto"), state_dir=str(tmp_path / "s1"),
+                                label="autosize"))
+    threads = anonymize(RunRequest(source=str(src), target=str(tmp_path / "threads"), state_dir=str(tmp_path / "s2"),
+                                   label="threadsize", workers=1))
+    assert auto["batch_tasks"].endswith("processes") and threads["batch_tasks"] == "threads"
+    flows, tasks, _, _ = asyncio.run(_collect())
+    run_of = {f.id: f.name for f in flows}
+
+    def count(flow_name, prefix):
+        return sum(run_of.get(t.flow_run_id) == flow_name and t.name.startswith(prefix) for t in tasks)
+
+    assert (count("anonymize-autosize", "scrub-batch-"), count("anonymize-autosize", "inspect-batch-")) == (2, 1)
+    assert (count("anonymize-threadsize", "scrub-batch-"), count("anonymize-threadsize", "inspect-batch-")) == (4, 4)
+
+    def files(root):
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    assert files(tmp_path / "auto") == files(tmp_path / "threads") and len(files(tmp_path / "auto")) == 41
