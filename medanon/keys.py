@@ -78,6 +78,7 @@ class Pseudonymizer:
         self.uid_root = uid_root.rstrip(".")
         self.date_shift_max_days = date_shift_max_days
         self._uid_cache: dict[str, str] = {}
+        self._code_cache: dict[tuple, str] = {}
 
     def digest(self, domain: str, value: str) -> bytes:
         return hmac.new(self._key, f"{domain}\x00{value}".encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
@@ -87,8 +88,20 @@ class Pseudonymizer:
         return self.digest("fingerprint", "medanon").hex()[:16]
 
     def code(self, domain: str, value: str, length: int = 12) -> str:
-        """Upper-case base32 code, e.g. for patient IDs and folder names."""
-        return base64.b32encode(self.digest(domain, value)).decode("ascii")[:length]
+        """Upper-case base32 code, e.g. for patient IDs and folder names: the first ``length``
+        characters of the digest's base32. Base32 turns each 5 bytes into 8 characters on their
+        own, so only the first whole groups are encoded (the same characters, without encoding
+        all 32 bytes). Codes repeat (a study's, a patient's): they are kept once computed."""
+        key = (domain, value, length)
+        cached = self._code_cache.get(key)
+        if cached is not None:
+            return cached
+        digest = self.digest(domain, value)
+        new = base64.b32encode(digest[:min(len(digest), 5 * -(-length // 8))]).decode("ascii")[:length]
+        if len(self._code_cache) > 100_000:
+            self._code_cache.clear()
+        self._code_cache[key] = new
+        return new
 
     def uid(self, original: str) -> str:
         original = original.strip().rstrip("\x00")

@@ -186,3 +186,23 @@ def test_burned_in_guard():
     sc = item(modality="CT", sop_class="1.2.840.10008.5.1.4.1.1.7", header={"burned_in": "", "has_pixels": True})
     assert policy_reason(sc, False, False) == "burned-in-annotation"
     assert policy_reason(sc, False, True) == ""
+
+
+def test_codes_are_the_first_characters_of_the_whole_digest_in_base32():
+    """Pseudonyms must not change between versions (the same patient gets the same ID in every
+    run): code() encodes only the base32 groups it needs, and keeps codes once computed, but gives
+    exactly the characters of the whole digest's base32, for every length, first call or not."""
+    import base64
+    import hashlib
+    import hmac
+
+    key = b"codes-key"
+    pseudo = Pseudonymizer(key)
+    for value in ["MRN1152310", "1.2.826.0.1.3680043.8.498.1", "", "Ünïcode^名前", "x" * 300]:
+        for domain in ("patient", "study", "series", "instance", "accession"):
+            full = base64.b32encode(hmac.new(key, f"{domain}\x00{value}".encode("utf-8", "surrogatepass"),
+                                             hashlib.sha256).digest()).decode("ascii")
+            for length in range(1, 60):
+                assert pseudo.code(domain, value, length) == full[:length]
+                assert pseudo.code(domain, value, length) == full[:length]  # kept: same answer
+    assert pseudo.patient_id("MRN1152310") == "P" + pseudo.code("patient", "MRN1152310", 11)
