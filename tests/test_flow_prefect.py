@@ -30,6 +30,18 @@ async def _collect():
     return flows, tasks, arts, logs
 
 
+def _task_counter():
+    """count(flow run name, task run name prefix) over every run the test server holds."""
+    flows, tasks, _, _ = asyncio.run(_collect())
+    run_of = {f.id: f.name for f in flows}
+    return lambda flow_name, prefix: sum(run_of.get(t.flow_run_id) == flow_name and t.name.startswith(prefix)
+                                         for t in tasks)
+
+
+def _tree(root: Path) -> dict:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
 def test_flow_run_names_artifacts_and_no_phi(harness, tmp_path, monkeypatch):
     from flows.anonymize import anonymize
 
@@ -169,19 +181,11 @@ def test_automatic_workers_run_a_large_run_in_processes_with_the_same_output(har
         assert expected == min(pipeline.usable_cpus(), 4) and auto["batch_tasks"] == f"{expected} processes"
     assert threads["batch_tasks"] == "threads" and auto["exported"] == threads["exported"] == 40
 
-    def files(root):
-        return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-
-    assert files(tmp_path / "auto") == files(tmp_path / "threads")
+    assert _tree(tmp_path / "auto") == _tree(tmp_path / "threads")
 
     # a task run costs a worker process about 0.1 s: header reads go in INSPECT_BATCH_FACTOR times
     # bigger batches there, scrubs keep the batch size
-    flows, tasks, _, _ = asyncio.run(_collect())
-    run_of = {f.id: f.name for f in flows}
-
-    def count(flow_name, prefix):
-        return sum(run_of.get(t.flow_run_id) == flow_name and t.name.startswith(prefix) for t in tasks)
-
+    count = _task_counter()
     assert count("anonymize-threads", "inspect-batch-") == 4 and count("anonymize-threads", "scrub-batch-") == 4
     if pipeline.usable_cpus() >= 2:
         assert count("anonymize-auto", "inspect-batch-") == -(-40 // (10 * pipeline.INSPECT_BATCH_FACTOR)) == 1
@@ -277,16 +281,8 @@ def test_without_a_batch_size_worker_processes_get_bigger_batches(harness, tmp_p
     threads = anonymize(RunRequest(source=str(src), target=str(tmp_path / "threads"), state_dir=str(tmp_path / "s2"),
                                    label="threadsize", workers=1))
     assert auto["batch_tasks"].endswith("processes") and threads["batch_tasks"] == "threads"
-    flows, tasks, _, _ = asyncio.run(_collect())
-    run_of = {f.id: f.name for f in flows}
-
-    def count(flow_name, prefix):
-        return sum(run_of.get(t.flow_run_id) == flow_name and t.name.startswith(prefix) for t in tasks)
-
+    count = _task_counter()
     assert (count("anonymize-autosize", "scrub-batch-"), count("anonymize-autosize", "inspect-batch-")) == (2, 1)
     assert (count("anonymize-threadsize", "scrub-batch-"), count("anonymize-threadsize", "inspect-batch-")) == (4, 4)
 
-    def files(root):
-        return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-
-    assert files(tmp_path / "auto") == files(tmp_path / "threads") and len(files(tmp_path / "auto")) == 41
+    assert _tree(tmp_path / "auto") == _tree(tmp_path / "threads") and len(_tree(tmp_path / "auto")) == 41
