@@ -68,6 +68,14 @@ def load_key(
     return key.encode()
 
 
+def _keep(cache: dict, key, value):
+    """Remember a derived value; the cache starts over past 100 000 entries (bounded memory)."""
+    if len(cache) > 100_000:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
 class Pseudonymizer:
     """All keyed derivations: UIDs, IDs, names, date shifts, fingerprints."""
 
@@ -97,11 +105,8 @@ class Pseudonymizer:
         if cached is not None:
             return cached
         digest = self.digest(domain, value)
-        new = base64.b32encode(digest[:min(len(digest), 5 * -(-length // 8))]).decode("ascii")[:length]
-        if len(self._code_cache) > 100_000:
-            self._code_cache.clear()
-        self._code_cache[key] = new
-        return new
+        return _keep(self._code_cache, key,
+                     base64.b32encode(digest[:min(len(digest), 5 * -(-length // 8))]).decode("ascii")[:length])
 
     def uid(self, original: str) -> str:
         original = original.strip().rstrip("\x00")
@@ -116,10 +121,7 @@ class Pseudonymizer:
             room = MAX_UID_LEN - len(self.uid_root) - 1
             digits = digits[:room].lstrip("0") or "1"
             new = f"{self.uid_root}.{digits}"
-        if len(self._uid_cache) > 100_000:
-            self._uid_cache.clear()
-        self._uid_cache[original] = new
-        return new
+        return _keep(self._uid_cache, original, new)
 
     def patient_id(self, original: str) -> str:
         return "P" + self.code("patient", original, 11)
