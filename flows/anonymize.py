@@ -165,9 +165,10 @@ def anonymize(request: RunRequest) -> dict:
                 free = tgt.free_bytes()
                 logger.info("target: %s bytes free for about %d bytes to write",
                             "unknown" if free is None else free, store.planned_bytes(cfg.source))
-                full = _scrub_stage(runner, cfg, store, req, totals, progress, total)
+                worker_cfg, flush = flush_in_flow(cfg, req, tgt)
+                full = _scrub_stage(runner, worker_cfg, store, req, totals, progress, total, flush)
                 # 6. reports, beside their studies, once every DICOM batch is written
-                full = full or _report_stage(runner, cfg, store, req, totals)
+                full = full or _report_stage(runner, worker_cfg, store, req, totals, flush)
                 try:
                     manifest(store, tgt, req.label)  # space for it is held in reserve by the target...
                     totals["manifest_written"] = True
@@ -221,28 +222,28 @@ def _ask_operator(req: RunRequest, attempt: int, remaining: int) -> TargetChoice
     return suspend_flow_run(wait_for_input=TargetChoice, key=f"target-full-{attempt}", timeout=None)
 
 
-def flush_in_flow(cfg: WorkerConfig, req: RunRequest):
+def flush_in_flow(cfg: WorkerConfig, req: RunRequest, target):
     """Who makes a batch durable before the ledger records it: (the workers' config, the flow's flush).
 
     Threads and local worker processes write on the flow's machine, so the flow flushes (one sync
     covers every batch written so far) while the workers go on with the next batches. Dask workers
     may be other machines: they flush their own writes. No flush with ``sync`` off, or for a target
-    without one (a bucket: a completed PUT is durable)."""
-    flush = getattr(cfg.open_target(), "sync", None) if cfg.sync and not req.dask_address else None
+    without one (a bucket: a completed PUT is durable). ``target``: the flow's open target."""
+    flush = getattr(target, "sync", None) if cfg.sync and not req.dask_address else None
     if flush is None:
         return cfg, None
     return cfg.model_copy(update={"sync": False}), flush
 
 
 def _budgeted_stage(runner, task, cfg: WorkerConfig, store: StateStore, req: RunRequest, batches, size_at: int,
-                    on_result) -> bool:
+                    on_result, flush) -> bool:
     """Run numbered batches of a worker task against the target; True when the target filled up.
 
     With a byte budget, each batch is given what is left of it after the bytes the ledger says
-    this target already holds and the estimated size (``item[size_at]``) of batches in flight."""
+    this target already holds and the estimated size (``item[size_at]``) of batches in flight.
+    ``flush`` (from ``flush_in_flow``), when not None, runs before a batch that wrote is recorded."""
     full = {"hit": False}
     in_flight: dict[int, int] = {}
-    cfg, flush = flush_in_flow(cfg, req)
 
     def budgeted():
         for n, b in enumerate(batches, start=1):
@@ -274,7 +275,7 @@ def _budgeted_stage(runner, task, cfg: WorkerConfig, store: StateStore, req: Run
 
 
 def _scrub_stage(runner, cfg: WorkerConfig, store: StateStore, req: RunRequest, totals: dict, progress,
-                 total: int) -> bool:
+                 total: int, flush) -> bool:
     """Scrub and write every planned batch; True when the target filled up."""
     done = {"n": 0}
 
@@ -289,10 +290,10 @@ def _scrub_stage(runner, cfg: WorkerConfig, store: StateStore, req: RunRequest, 
                                  description=f"medanon {req.label}: batch {n} done, {done['n']}/{total} instances")
 
     return _budgeted_stage(runner, scrub, cfg, store, req, store.iter_planned(cfg.source, req.batch_size), 3,
-                           on_result)
+                           on_result, flush)
 
 
-def _report_stage(runner, cfg: WorkerConfig, store: StateStore, req: RunRequest, totals: dict) -> bool:
+def _report_stage(runner, cfg: WorkerConfig, store: StateStore, req: RunRequest, totals: dict, flush) -> bool:
     """De-identify the paired reports and write them beside their studies; True when the target filled up."""
 
     def on_result(n, result):
@@ -302,7 +303,7 @@ def _report_stage(runner, cfg: WorkerConfig, store: StateStore, req: RunRequest,
         totals["target_full"] |= result["target_full"]
 
     return _budgeted_stage(runner, report, cfg, store, req, store.iter_paired_reports(cfg.source, req.batch_size),
-                           4, on_result)
+                           4, on_result, flush)
 
 
 def _summary(req, cfg, listed, store, run_id, paired, totals, skipped_existing, started, estimate) -> dict:

@@ -251,11 +251,12 @@ def test_dask_workers_flush_their_own_writes(tmp_path):
     cfg = WorkerConfig(source=str(tmp_path), target=str(tmp_path / "out"), profile=get_profile("research"),
                        key=b"k" * 32)
     req = RunRequest(source=str(tmp_path), target=str(tmp_path / "out"))
-    worker_cfg, flush = flush_in_flow(cfg, req)
+    target = cfg.open_target()
+    worker_cfg, flush = flush_in_flow(cfg, req, target)
     assert flush is not None and worker_cfg.sync is False and cfg.sync is True
-    worker_cfg, flush = flush_in_flow(cfg, req.model_copy(update={"dask_address": "tcp://127.0.0.1:1"}))
+    worker_cfg, flush = flush_in_flow(cfg, req.model_copy(update={"dask_address": "tcp://127.0.0.1:1"}), target)
     assert flush is None and worker_cfg.sync is True
-    worker_cfg, flush = flush_in_flow(cfg.model_copy(update={"sync": False}), req)
+    worker_cfg, flush = flush_in_flow(cfg.model_copy(update={"sync": False}), req, target)
     assert flush is None and worker_cfg.sync is False
 
 
