@@ -172,6 +172,44 @@ def test_split_refuses_what_it_does_not_handle():
     assert rawsplit.split(ct[:sp.elements[10][3] + 2]) is None  # truncated inside an element
 
 
+def test_the_explicit_vr_loop_delimits_like_the_general_one(tmp_path):
+    """split's one-struct-call loop for explicit VR files finds the same elements (or refuses the
+    same files) as the general element loop, on real files cut short anywhere near an element
+    boundary and with bytes overwritten at random (seeded)."""
+    import random
+
+    from medanon import rawsplit
+    from medanon.samples import build_sample_archive
+
+    build_sample_archive(tmp_path / "s")
+    datas = [p.read_bytes() for p in sorted((tmp_path / "s").rglob("*")) if p.is_file()]
+    datas += [open(data_file(name), "rb").read() for name in sorted(set(FILES) | set(SPLIT_FILES))]
+    rng = random.Random(7)
+    compared = refused = 0
+    for data in datas:
+        meta = rawsplit._meta_end(data)
+        if meta is None or meta[1] in rawsplit.NOT_EXPLICIT_LE:
+            continue
+        start = meta[0]
+        whole = rawsplit._elements(data, start, implicit=False)
+        cuts = {len(data)} | {e[k] + d for e in (whole[0] if whole else []) for k in (2, 3, 5) for d in (-1, 0, 1, 3)}
+        variants = [data[:c] for c in sorted(cuts) if start < c <= len(data)]
+        for e in (whole[0] if whole else [])[::7]:  # an item tag where an element should be
+            variants.append(data[:e[2]] + b"\xfe\xff\x00\xe0" + data[e[2] + 4:])
+        for _ in range(40):
+            b = bytearray(data)
+            for _ in range(rng.randint(1, 3)):
+                at = rng.randrange(start, min(len(b), start + 4096))
+                b[at] = rng.randrange(256)
+            variants.append(bytes(b))
+        for v in variants:
+            expected = rawsplit._elements(v, start, implicit=False)
+            assert rawsplit._explicit_elements(v, start) == expected
+            compared += 1
+            refused += expected is None
+    assert compared > 2000 and 100 < refused < compared
+
+
 # --------------------------------------------------------------------------- the element memo
 
 MANIFEST_FIELDS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality")
