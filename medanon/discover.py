@@ -229,7 +229,8 @@ def inspect_entry(source: Source, entry: SourceEntry, report_sniffer=None, memo:
 # What classify reads (and the character set its names are decoded with)
 INSPECT_TAGS = frozenset((0x00080005, 0x00080016, 0x00080018, 0x00080020, 0x00080050, 0x00080060, 0x00041220,
                           0x0020000D, 0x0020000E, 0x00100010, 0x00100020, 0x00100021, 0x00100030, 0x00280301))
-SPLIT_HEAD = 256 * 1024
+SPLIT_HEAD = 256 * 1024  # the longest header split here
+FIRST_HEAD = 16 * 1024  # read first: most headers (a CT's is about 2 KB) end before it
 SOP_INSTANCE_UID = 0x00080018
 
 
@@ -245,8 +246,12 @@ def _inspect_split(fh, size: int, base: dict, memo: dict | None = None) -> Inspe
     from . import rawsplit
 
     fh.seek(0)
-    buf = fh.read(min(size, SPLIT_HEAD))
+    buf = fh.read(min(size, FIRST_HEAD))
     sp = rawsplit.plain_split(fh, buf, size)
+    if sp is None and len(buf) < min(size, SPLIT_HEAD):  # a longer header (or none we can split)
+        fh.seek(0)
+        buf = fh.read(min(size, SPLIT_HEAD))
+        sp = rawsplit.plain_split(fh, buf, size)
     if sp is None:
         return None
     if rawsplit.split_repeats_differ(buf, sp):

@@ -369,6 +369,43 @@ def test_inspect_split_is_taken_for_plain_files(name):
     assert got is not None and got.kind == "dicom" and got.sop_uid
 
 
+def test_inspect_reads_a_short_head_first_and_more_for_a_long_header(tmp_path, monkeypatch):
+    """A CT's header ends within the first FIRST_HEAD bytes, which are all inspection reads of it
+    (not the 0.5 MB file); a header longer than that is read further, split all the same, and
+    classified as a full header read classifies it."""
+    from medanon import discover
+
+    class Counting(io.FileIO):
+        read_bytes = 0
+
+        def read(self, n=-1):
+            data = super().read(n)
+            Counting.read_bytes += len(data)
+            return data
+
+    def split_reads(path):
+        Counting.read_bytes = 0
+        size = os.path.getsize(path)
+        with Counting(path, "rb") as fh:
+            got = discover._inspect_split(fh, size, dict(relpath=path.name, size=size, token="t"))
+        return got, Counting.read_bytes
+
+    ct = tmp_path / "ct.dcm"
+    ct.write_bytes(open(data_file("693_UNCI.dcm"), "rb").read())
+    got, read = split_reads(ct)
+    assert got is not None and got.kind == "dicom" and read <= discover.FIRST_HEAD + 64
+
+    ds = pydicom.dcmread(data_file("693_UNCI.dcm"))
+    for keyword in ("ImageComments", "AdditionalPatientHistory", "PatientComments", "StudyComments"):
+        setattr(ds, keyword, "a long comment " * 600)  # 9 KB each: a 38 KB header
+    long_header = tmp_path / "long.dcm"
+    ds.save_as(long_header, enforce_file_format=True)
+    got, read = split_reads(long_header)
+    assert got is not None and got.kind == "dicom" and discover.FIRST_HEAD < read <= 2 * discover.SPLIT_HEAD
+    fast, full = _inspect_both(long_header, monkeypatch)
+    assert fast == full
+
+
 # --------------------------------------------------------------------------- a tag written twice
 
 REPEAT_FORMS = {  # file, where the second element goes; the split path, or the general path and why
