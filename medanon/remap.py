@@ -42,13 +42,12 @@ def remap_pending(cfg: WorkerConfig, store: StateStore, run_id: str, batch_size:
                 ok.append(r)
         plans, cross = remap_rows(ok, pseudo, cfg.layout, cfg.profile.retain_uids)
         # the same SOP Instance UID in two files: the first one wins, the others are held
-        unique, seen = [], {}
-        for (fid, path), r in zip(plans, ok):
-            owner = seen.get(path) or store.out_owner(path)
-            if owner and owner[0] != fid:
+        unique, owners = [], store.out_owners([path for _fid, path in plans])
+        for fid, path in plans:
+            owner = owners.setdefault(path, fid)
+            if owner != fid:
                 held.append((fid, "duplicate-instance"))
             else:
-                seen[path] = (fid, r["sop_uid"])
                 unique.append((fid, path))
         store.plan(unique, cross, run_id)
         store.quarantine(held)

@@ -205,15 +205,21 @@ class StateStore:
                            [(p, i) for i, p in plans])
             db.executemany(
                 "INSERT OR IGNORE INTO crosswalk (kind, original, pseudonym, first_run) VALUES (?,?,?,?)",
-                [(k, o, p, run_id) for k, o, p in crosswalk],
+                [(k, o, p, run_id) for k, o, p in dict.fromkeys(crosswalk)],  # a series' rows repeat
             )
 
-    def out_owner(self, out_relpath: str) -> tuple[int, str] | None:
-        row = self.db.execute(
-            "SELECT id, sop_uid FROM files WHERE out_relpath=? AND status IN ('planned','done') LIMIT 1",
-            (out_relpath,),
-        ).fetchone()
-        return (row["id"], row["sop_uid"]) if row else None
+    def out_owners(self, out_relpaths: list[str]) -> dict[str, int]:
+        """Output path -> id of a planned or written file that has it (the lowest id), for the
+        given paths: one query per 500 paths."""
+        owners: dict[str, int] = {}
+        paths = list(dict.fromkeys(out_relpaths))
+        for i in range(0, len(paths), 500):
+            chunk = paths[i:i + 500]
+            for path, fid in self.db.execute(
+                    f"SELECT out_relpath, MIN(id) FROM files WHERE out_relpath IN ({','.join('?' * len(chunk))}) "
+                    "AND status IN ('planned','done') GROUP BY out_relpath", chunk):
+                owners[path] = fid
+        return owners
 
     # ------------------------------------------------------------------ scrub / export
     def iter_planned(self, source: str, batch_size: int) -> Iterator[list[tuple]]:

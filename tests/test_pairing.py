@@ -210,3 +210,32 @@ def test_pair_pending_unreadable_report_is_a_reason(tmp_path):
     res = pair_pending(cfg, store, "r1")
     assert res["held"] == {"read-error": 1} and res["paired"] == {}
     store.close()
+
+
+def test_remap_holds_a_second_file_of_the_same_instance_within_a_batch_across_batches_and_runs(tmp_path):
+    """Two files of one SOP Instance would write one output path: the first one (by listing order)
+    is planned, every later one is held as duplicate-instance, whether it comes in the same remap
+    batch, a later batch, or a later run (the earlier file already planned or written)."""
+    from medanon.remap import remap_pending
+
+    store = StateStore(tmp_path / "state")
+    cfg = _cfg(tmp_path / "src")
+
+    def instance(rel, uid):
+        return Inspected(relpath=rel, size=10, token="t", kind="dicom", patient_key="MRN1", study_uid=STUDY_A,
+                         series_uid=STUDY_A + ".1", sop_uid=uid, sop_class="1.2.840.10008.5.1.4.1.1.2", modality="MR")
+
+    _add(store, cfg.source, [instance("f1", "1.9.1"), instance("f2", "1.9.2"), instance("f3", "1.9.3"),
+                             instance("f4", "1.9.1"), instance("f5", "1.9.5"), instance("f6", "1.9.5")])
+    assert remap_pending(cfg, store, "r1", batch_size=2) == {"planned": 4, "held": 2}  # batches f1 f2 | f3 f4 | f5 f6
+    _add(store, cfg.source, [instance("f7", "1.9.2")], run_id="r2")
+    # held files are looked at again every run (the first file may have gone): f4 and f6 stay held
+    assert remap_pending(cfg, store, "r2", batch_size=2) == {"planned": 0, "held": 3}
+
+    rows = {r["relpath"]: (r["status"], r["reason"], r["out_relpath"]) for r in store.db.execute(
+        "SELECT relpath, status, reason, out_relpath FROM files WHERE source=?", (cfg.source,))}
+    assert {rel for rel, (status, _r, _p) in rows.items() if status == "planned"} == {"f1", "f2", "f3", "f5"}
+    assert {rel: reason for rel, (status, reason, _p) in rows.items() if status == "quarantined"} == {
+        "f4": "duplicate-instance", "f6": "duplicate-instance", "f7": "duplicate-instance"}
+    assert len({rows[rel][2] for rel in ("f1", "f2", "f3", "f5")}) == 4
+    store.close()
