@@ -161,21 +161,22 @@ def _ensure_file_meta(ds) -> None:
     from pydicom.uid import (PYDICOM_IMPLEMENTATION_UID, ExplicitVRBigEndian, ExplicitVRLittleEndian,
                              ImplicitVRLittleEndian)
 
+    from .scrub import put_element
+
     meta = getattr(ds, "file_meta", None)
     if meta is None:
         meta = FileMetaDataset()
         ds.file_meta = meta
-    if "TransferSyntaxUID" not in meta:
+    if 0x00020010 not in meta._dict:  # Transfer Syntax UID
         implicit, little = ds.original_encoding if ds.original_encoding[0] is not None else (True, True)
-        meta.TransferSyntaxUID = (
-            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
-        )
+        put_element(meta, 0x00020010, "UI",
+                    ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
     # the writer is medanon, not the modality: its software identity is not carried over
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = f"MEDANON {__version__}"[:16]
-    for meta_kw, kw in (("MediaStorageSOPClassUID", "SOPClassUID"), ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):
-        if kw in ds:
-            setattr(meta, meta_kw, ds[kw].value)
+    put_element(meta, 0x00020012, "UI", PYDICOM_IMPLEMENTATION_UID)
+    put_element(meta, 0x00020013, "SH", f"MEDANON {__version__}"[:16])
+    for meta_tag, tag in ((0x00020002, 0x00080016), (0x00020003, 0x00080018)):  # Media Storage SOP Class, Instance
+        if tag in ds._dict:
+            put_element(meta, meta_tag, "UI", ds[tag].value)
 
 
 def prepare(ds, scrubber, ctx=None):

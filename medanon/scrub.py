@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pydicom import config
 from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -96,6 +97,13 @@ class ScrubContext:
     known_key: tuple | None = None  # hashable form of ``known`` (computed on first use)
 
 
+def put_element(ds: Dataset, tag: int, vr: str, value) -> None:
+    """Set an element to a value medanon wrote (a constant, a pseudonym, a registered UID) as a new
+    element with its dictionary VR, without pydicom's per-value validation (about a tenth of the
+    time of ``setattr``, which validates and looks the keyword up)."""
+    ds[tag] = DataElement(tag, vr, value, validation_mode=config.IGNORE)
+
+
 def _registered(uid: str) -> bool:
     return uid in _REGISTERED_UIDS
 
@@ -109,7 +117,7 @@ class Scrubber:
         self.csc = csc_codes() if profile.clean_structured_content else {}
         self._text_cache: dict = {}
         self._kept_cache: dict = {}
-        self._method_items: list | None = None
+        self._mark_elements: tuple | None = None
         if profile.retain_longitudinal_full_dates:
             self.temporal = "UNMODIFIED"
         elif profile.retain_longitudinal_modified_dates:
@@ -137,28 +145,29 @@ class Scrubber:
     def _scrub_meta(self, meta: Dataset, ds: Dataset) -> None:
         sop = ds.get("SOPInstanceUID")
         if sop:
-            meta.MediaStorageSOPInstanceUID = sop
+            put_element(meta, 0x00020003, "UI", sop)  # Media Storage SOP Instance UID
         for tag in list(meta.keys()):
             # Source/Sending/Receiving AE titles and private meta information can identify the site
             if tag in (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102) or tag.element == 0:
                 del meta[tag]
 
     def _mark(self, ds: Dataset) -> None:
-        ds.PatientIdentityRemoved = "YES"
-        codes = [CID7050["basic"]] + [CID7050[o] for o in self.profile.enabled_options()]
-        ds.DeidentificationMethod = (
-            f"medanon {__version__}; PS3.15 Annex E (2026c) profile {self.profile.name}"
-        )[:64]
-        if self._method_items is None:  # the same code items in every instance: built once
-            self._method_items = []
-            for value, meaning in codes:
+        """Patient Identity Removed, De-identification Method (and its code sequence: CID 7050 codes of
+        the profile and options) and Longitudinal Temporal Information Modified: the same in every
+        instance this scrubber writes, so their values are worked out once."""
+        if self._mark_elements is None:
+            items = []
+            for value, meaning in [CID7050["basic"]] + [CID7050[o] for o in self.profile.enabled_options()]:
                 item = Dataset()
                 item.CodeValue = value
                 item.CodingSchemeDesignator = "DCM"
                 item.CodeMeaning = meaning
-                self._method_items.append(item)
-        ds.DeidentificationMethodCodeSequence = Sequence(self._method_items)
-        ds.LongitudinalTemporalInformationModified = self.temporal
+                items.append(item)
+            method = f"medanon {__version__}; PS3.15 Annex E (2026c) profile {self.profile.name}"[:64]
+            self._mark_elements = ((0x00120062, "CS", "YES"), (0x00120063, "LO", method),
+                                   (0x00120064, "SQ", items), (0x00280303, "CS", self.temporal))
+        for tag, vr, value in self._mark_elements:
+            put_element(ds, tag, vr, Sequence(value) if vr == "SQ" else value)
 
     # ------------------------------------------------------------------ kept as read
     def keeps_as_read(self, tag: int, vr: str | None) -> bool:
