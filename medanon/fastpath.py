@@ -85,12 +85,13 @@ def _encode_header(ds, encoded: dict | None = None, spans: dict | None = None) -
     fp.is_implicit_VR, fp.is_little_endian = implicit, little
     e = "<" if little else ">"
     encodings = convert_encodings(ds.get("SpecificCharacterSet", default_encoding) or default_encoding)
-    tags = sorted(ds._dict.keys() | encoded.keys()) if encoded else sorted(ds._dict)
+    own = set(map(int, ds._dict))  # plain ints sort in C; BaseTag compares in Python
+    tags = sorted(own | encoded.keys()) if encoded else sorted(own)
     for tag in tags:
-        elem = ds.get_item(tag)
-        if elem is None:  # not in the dataset: its bytes are given
+        if tag not in own:  # not in the dataset: its bytes are given
             fp.write(encoded[tag])
             continue
+        elem = ds.get_item(tag)
         start = fp.tell()
         if getattr(elem, "is_raw", False) and elem.length != 0xFFFFFFFF and (implicit or elem.VR):
             raw = _element_bytes(tag, elem.VR, elem.value or b"", implicit, e)
