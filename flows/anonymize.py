@@ -8,6 +8,7 @@ PHI-free summaries. Run names carry only the operator's label and batch numbers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import uuid
 
@@ -19,7 +20,7 @@ from prefect.utilities.annotations import opaque
 from medanon.export import record_batch
 from medanon.keys import load_key
 from medanon.pipeline import (Batch, BatchIncomplete, WorkerConfig, batch_size_for, default_state_dir,
-                              inspect_batch_size, worker_processes)
+                              inspect_batch_size, make_durable, worker_processes)
 from medanon.profile import get_profile
 from medanon.request import RunRequest, TargetChoice
 from medanon.state import StateStore
@@ -226,13 +227,13 @@ def flush_in_flow(cfg: WorkerConfig, req: RunRequest, target):
     """Who makes a batch durable before the ledger records it: (the workers' config, the flow's flush).
 
     Threads and local worker processes write on the flow's machine, so the flow flushes (one sync
-    covers every batch written so far) while the workers go on with the next batches. Dask workers
+    covers every batch written so far, then the batch's files leave the page cache: ``make_durable``)
+    while the workers go on with the next batches. Dask workers
     may be other machines: they flush their own writes. No flush with ``sync`` off, or for a target
     without one (a bucket: a completed PUT is durable). ``target``: the flow's open target."""
-    flush = getattr(target, "sync", None) if cfg.sync and not req.dask_address else None
-    if flush is None:
+    if not cfg.sync or req.dask_address or getattr(target, "sync", None) is None:
         return cfg, None
-    return cfg.model_copy(update={"sync": False}), flush
+    return cfg.model_copy(update={"sync": False}), functools.partial(make_durable, target)
 
 
 def _budgeted_stage(runner, task, cfg: WorkerConfig, store: StateStore, req: RunRequest, batches, size_at: int,
@@ -241,7 +242,8 @@ def _budgeted_stage(runner, task, cfg: WorkerConfig, store: StateStore, req: Run
 
     With a byte budget, each batch is given what is left of it after the bytes the ledger says
     this target already holds and the estimated size (``item[size_at]``) of batches in flight.
-    ``flush`` (from ``flush_in_flow``), when not None, runs before a batch that wrote is recorded."""
+    ``flush`` (from ``flush_in_flow``), when not None, makes a batch that wrote durable before it is
+    recorded."""
     full = {"hit": False}
     in_flight: dict[int, int] = {}
 
@@ -266,7 +268,7 @@ def _budgeted_stage(runner, task, cfg: WorkerConfig, store: StateStore, req: Run
     def handle(n, result):
         in_flight.pop(n, None)
         if flush is not None and result["exported"]:
-            flush()
+            flush(result)
         on_result(n, result)
         full["hit"] |= result["target_full"]
 

@@ -19,7 +19,7 @@ import warnings
 
 import pydicom
 
-from .pipeline import WorkerConfig
+from .pipeline import WorkerConfig, make_durable
 from .storage import EntryChanged, StorageError, TargetFull
 
 REPORT_MODALITY = "REPORT"
@@ -134,8 +134,7 @@ def report_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple]) -> dict:
         result["outputs"][file_id] = {
             "path": out_rel, **info, "series_instance_uid": "", "sop_instance_uid": "", "sop_class_uid": "",
             "modality": REPORT_MODALITY, "transfer_syntax_uid": "", "size": len(out), "sha256": sha}
-    sync = getattr(target, "sync", None)
-    if getattr(cfg, "sync", True) and sync is not None and result["exported"]:
-        sync()  # durable before the flow records the batch in the ledger
+    if getattr(cfg, "sync", True) and getattr(target, "sync", None) is not None and result["exported"]:
+        make_durable(target, result)  # before the flow records the batch in the ledger
     return result
 

@@ -98,3 +98,39 @@ def phi_needles(sources: dict) -> list[bytes]:
             except UnicodeEncodeError:
                 pass
     return sorted(out)
+
+
+def resident_pages(path) -> int | None:
+    """How many of a file's pages are in the kernel's page cache (mincore(2) on a private mapping);
+    None where mincore is not available."""
+    import ctypes
+    import mmap
+
+    size = os.path.getsize(path)
+    if size == 0 or not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+    with open(path, "rb") as fh:
+        mm = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_COPY)  # mapping, not reading: nothing is loaded
+    try:
+        anchor = ctypes.c_char.from_buffer(mm)
+        vec = (ctypes.c_ubyte * ((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE))()
+        if libc.mincore(ctypes.c_void_p(ctypes.addressof(anchor)), size, vec) != 0:
+            return None
+        del anchor
+        return sum(v & 1 for v in vec)
+    finally:
+        mm.close()
+
+
+def fs_type(path) -> str | None:
+    """The filesystem type holding ``path`` (from /proc/mounts), e.g. 'tmpfs', where it can be read."""
+    try:
+        mounts = [line.split()[1:3] for line in open("/proc/mounts")]
+    except OSError:
+        return None
+    path = os.path.realpath(path)
+    best = max((m for m in mounts if path == m[0] or path.startswith(m[0].rstrip("/") + "/")),
+               key=lambda m: len(m[0]), default=None)
+    return best[1] if best else None

@@ -487,3 +487,39 @@ def test_local_target_reads_free_space_rarely_until_near_full(tmp_path, monkeypa
     free["bytes"] = target.reserve + 2000
     with pytest.raises(TargetFull):
         target.put_bytes("c/0.dcm", data, fastpath.hashlib.sha256(data).hexdigest())
+
+
+def test_written_files_leave_the_page_cache_once_durable(tmp_path):
+    """drop_cached lets the kernel drop a synced file's pages (an export is not read back), skipping
+    a file gone since; a scrub batch that flushes its own writes (Dask workers) drops its outputs."""
+    from conftest import fs_type, resident_pages
+
+    from medanon.pipeline import WorkerConfig, scrub_batch
+    from medanon.profile import get_profile
+
+    if fs_type(tmp_path) in ("tmpfs", "ramfs"):
+        pytest.skip("on tmpfs the page cache is where files are stored")
+    target = LocalTarget(tmp_path / "out")
+    data = os.urandom(1 << 20)
+    target.put_bytes("a/1.dcm", data, fastpath.hashlib.sha256(data).hexdigest())
+    path = tmp_path / "out" / "a" / "1.dcm"
+    before = resident_pages(path)
+    if before is None:
+        pytest.skip("mincore(2) is not available here")
+    assert before > 0  # just written: cached
+    target.sync()
+    target.drop_cached(["a/1.dcm", "a/gone.dcm"])
+    assert resident_pages(path) == 0 and path.read_bytes() == data
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("693_UNCI.dcm", "CT_small.dcm"):
+        (src / name).write_bytes(open(data_file(name), "rb").read())
+    items = [(i, name, f"x/{i}.dcm", str((src / name).stat().st_mtime_ns))
+             for i, name in enumerate(("693_UNCI.dcm", "CT_small.dcm"))]
+    for sync, out in ((True, "synced"), (False, "unsynced")):
+        cfg = WorkerConfig(source=str(src), target=str(tmp_path / out), profile=get_profile("research"),
+                           key=b"k" * 32, sync=sync)
+        assert scrub_batch(cfg, 1, items)["exported"] == 2
+        pages = [resident_pages(tmp_path / out / "x" / f"{i}.dcm") for i in range(2)]
+        assert (pages == [0, 0]) if sync else min(pages) > 0

@@ -241,6 +241,33 @@ def test_the_ledger_records_a_batch_only_once_the_flow_has_flushed_it(harness, t
     assert summary["exported"] == events["recorded"] == 24 and events["sync_threads"] == set()
 
 
+def test_flushed_outputs_leave_the_page_cache_and_unflushed_ones_stay(harness, tmp_path, monkeypatch):
+    """After the flow has flushed a batch, its output files leave the page cache (an export is not
+    read back: a large one would fill memory); with --no-sync nothing is flushed nor dropped."""
+    from conftest import fs_type, resident_pages
+
+    from flows.anonymize import anonymize
+    from medanon.request import RunRequest
+    from medanon.samples import build_series_archive
+
+    if fs_type(tmp_path) in ("tmpfs", "ramfs"):
+        pytest.skip("on tmpfs the page cache is where files are stored")
+    monkeypatch.setenv("MEDANON_KEY", TEST_KEY)
+    src = tmp_path / "src"
+    build_series_archive(src, 24, per_series=6)
+    pages = {}
+    for label, sync in (("dropped", True), ("kept", False)):
+        out = tmp_path / label
+        summary = anonymize(RunRequest(source=str(src), target=str(out), state_dir=str(tmp_path / f"s-{label}"),
+                                       batch_size=4, label=label, sync=sync))
+        assert summary["exported"] == 24
+        pages[label] = [resident_pages(p) for p in sorted(out.rglob("*.dcm"))]
+    if None in pages["dropped"]:
+        pytest.skip("mincore(2) is not available here")
+    assert len(pages["dropped"]) == len(pages["kept"]) == 24
+    assert set(pages["dropped"]) == {0} and min(pages["kept"]) > 0
+
+
 def test_dask_workers_flush_their_own_writes(tmp_path):
     """Dask workers may be other machines: the flow cannot flush their disks, so they keep doing it."""
     from flows.anonymize import flush_in_flow

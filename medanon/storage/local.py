@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 from .base import EntryChanged, SourceEntry, StorageError, TargetFull
 
@@ -184,6 +184,27 @@ class LocalTarget:
     def sync(self) -> None:
         """Make everything written so far durable (called once per batch)."""
         os.sync()
+
+    def drop_cached(self, relpaths: Iterable[str]) -> None:
+        """Let the kernel drop these files' pages from its page cache (once they are on disk).
+
+        An export is written once and not read back here: cached, a run of a few times the
+        machine's memory would fill it with output pages, which the kernel must then reclaim
+        while workers write (and which push out what other programs on the machine had cached)."""
+        advise = getattr(os, "posix_fadvise", None)
+        if advise is None:  # not on this platform: the kernel's page cache policy decides
+            return
+        for relpath in relpaths:
+            try:
+                fd = os.open(self._dest(relpath), os.O_RDONLY)
+            except OSError:  # gone since: nothing cached to drop
+                continue
+            try:
+                advise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
     def read_bytes(self, relpath: str) -> bytes:
         return self._dest(relpath).read_bytes()
