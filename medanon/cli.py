@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="export instances that may carry burned-in text (quarantined by default)")
         sp.add_argument("--label", default="run", help="a PHI-free name for this run (shown in Prefect)")
         sp.add_argument("--batch-size", type=int, default=None,
-                        help="instances per scrub task (default: 500 in threads, 1 000 in worker processes or on "
+                        help="instances per scrub task (default: 500 in threads, 1 250 in worker processes or on "
                              "Dask)")
         sp.add_argument("--byte-budget", type=int, help="stop when this run has written this many bytes")
         sp.add_argument("--no-sync", dest="sync", action="store_false",
