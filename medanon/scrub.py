@@ -99,8 +99,8 @@ class ScrubContext:
 
 def put_element(ds: Dataset, tag: int, vr: str, value) -> None:
     """Set an element to a value medanon wrote (a constant, a pseudonym, a registered UID) as a new
-    element with its dictionary VR, without pydicom's per-value validation (about a tenth of the
-    time of ``setattr``, which validates and looks the keyword up)."""
+    element with its dictionary VR, without pydicom's per-value validation (``setattr`` also looks
+    the keyword up and validates the value: the mark and file meta took twice as long)."""
     ds[tag] = DataElement(tag, vr, value, validation_mode=config.IGNORE)
 
 

@@ -116,12 +116,11 @@ def resident_pages(path) -> int | None:
     try:
         anchor = ctypes.c_char.from_buffer(mm)
         vec = (ctypes.c_ubyte * ((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE))()
-        if libc.mincore(ctypes.c_void_p(ctypes.addressof(anchor)), size, vec) != 0:
-            return None
-        del anchor
-        return sum(v & 1 for v in vec)
+        rc = libc.mincore(ctypes.c_void_p(ctypes.addressof(anchor)), size, vec)
+        del anchor  # the mapping cannot close while a ctypes object points into it
     finally:
         mm.close()
+    return sum(v & 1 for v in vec) if rc == 0 else None
 
 
 def fs_type(path) -> str | None:
