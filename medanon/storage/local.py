@@ -188,9 +188,9 @@ class LocalTarget:
     def drop_cached(self, relpaths: Iterable[str]) -> None:
         """Let the kernel drop these files' pages from its page cache (once they are on disk).
 
-        An export is written once and not read back here: cached, a run of a few times the
-        machine's memory would fill it with output pages, which the kernel must then reclaim
-        while workers write (and which push out what other programs on the machine had cached)."""
+        An export is written once and not read back here: cached, a run larger than the free
+        memory fills it with output pages, which the kernel must then reclaim while workers write
+        (and which push out what other programs on the machine had cached)."""
         advise = getattr(os, "posix_fadvise", None)
         if advise is None:  # not on this platform: the kernel's page cache policy decides
             return
