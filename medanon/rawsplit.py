@@ -156,44 +156,11 @@ def split(buf: bytes) -> Split | None:
         return None
     else:
         implicit = False
-    walk = _elements if implicit else _explicit_elements
-    found = walk(buf, pos)
+    found = _elements(buf, pos, implicit)
     if found is None:
         return None
     elements, pixel_start = found
     return Split(implicit, pos, elements, pixel_start)
-
-
-def _elements(buf: bytes, pos: int, implicit: bool = True) -> tuple[list, int | None] | None:
-    """(top-level elements from ``pos``, offset of the pixel data element or None); None when an
-    element cannot be delimited. Either VR encoding (the reference for ``_explicit_elements``)."""
-    n = len(buf)
-    elements = []
-    append = elements.append
-    while pos < n:
-        head = _header(buf, pos, implicit)
-        if head is None:
-            return None
-        tag, vr, vstart, length = head
-        if tag in PIXEL_TAGS:
-            return elements, pos
-        if tag >> 16 == 0xFFFE or tag >> 16 == 0x0002:
-            return None
-        if length == UNDEFINED:
-            if not (vr == "SQ" or vr == "UN" or (implicit and vr is None)):
-                return None
-            end = _skip_items(buf, vstart, implicit or vr == "UN", 0)
-            if end is None:
-                return None
-            append((tag, vr, pos, vstart, -1, end))
-            pos = end
-            continue
-        end = vstart + length
-        if end > n:
-            return None
-        append((tag, vr, pos, vstart, length, end))
-        pos = end
-    return elements, None
 
 
 _unpack_explicit = struct.Struct("<HH2sH").unpack_from  # group, element, VR, 16-bit length
@@ -201,37 +168,47 @@ _SHORT_VR_NAMES = {v: v.decode() for v in VALID_VRS - LONG_VRS}
 _LONG_VR_NAMES = {v: v.decode() for v in LONG_VRS}
 
 
-def _explicit_elements(buf: bytes, pos: int) -> tuple[list, int | None] | None:
-    """``_elements(buf, pos, implicit=False)``, in one struct call per element: the loop every
-    inspected and scrubbed instance goes through (a CT header has about a hundred elements)."""
+def _elements(buf: bytes, pos: int, implicit: bool, general: bool = False) -> tuple[list, int | None] | None:
+    """(top-level elements from ``pos``, offset of the pixel data element or None); None when an
+    element cannot be delimited.
+
+    Explicit VR element headers are read with one struct call each (a CT header has about a
+    hundred elements, and every inspected and scrubbed instance goes through this loop);
+    ``general`` reads them with ``_header`` instead, as implicit VR ones always are: the reference
+    the fast reading is tested against."""
     n = len(buf)
     elements = []
     append = elements.append
-    short_names, long_names, pixel_tags = _SHORT_VR_NAMES, _LONG_VR_NAMES, PIXEL_TAGS
+    short_names, long_names = _SHORT_VR_NAMES, _LONG_VR_NAMES
     while pos < n:
-        if pos + 8 > n:
-            return None
-        group, elem, vr_bytes, length = _unpack_explicit(buf, pos)
-        if group == 0xFFFE:  # an item or delimiter tag: never a top-level element
-            return None
-        vr = short_names.get(vr_bytes)
-        if vr is not None:
-            vstart = pos + 8
-        else:
-            vr = long_names.get(vr_bytes)
-            if vr is None or pos + 12 > n:
+        if implicit or general:
+            head = _header(buf, pos, implicit)
+            if head is None:
                 return None
-            (length,) = _unpack_i(buf, pos + 8)
-            vstart = pos + 12
-        tag = group << 16 | elem
-        if tag in pixel_tags:
+            tag, vr, vstart, length = head
+            group = tag >> 16
+        else:
+            if pos + 8 > n:
+                return None
+            group, elem, vr_bytes, length = _unpack_explicit(buf, pos)
+            vr = short_names.get(vr_bytes)
+            if vr is not None:
+                vstart = pos + 8
+            else:
+                vr = long_names.get(vr_bytes)
+                if vr is None or pos + 12 > n:
+                    return None
+                (length,) = _unpack_i(buf, pos + 8)
+                vstart = pos + 12
+            tag = group << 16 | elem
+        if tag in PIXEL_TAGS:
             return elements, pos
-        if group == 0x0002:
+        if group == 0xFFFE or group == 0x0002:
             return None
         if length == UNDEFINED:
-            if vr != "SQ" and vr != "UN":
+            if not (vr == "SQ" or vr == "UN" or (implicit and vr is None)):
                 return None
-            end = _skip_items(buf, vstart, vr == "UN", 0)
+            end = _skip_items(buf, vstart, implicit or vr == "UN", 0)
             if end is None:
                 return None
             append((tag, vr, pos, vstart, -1, end))

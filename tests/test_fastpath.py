@@ -191,7 +191,7 @@ def test_the_explicit_vr_loop_delimits_like_the_general_one(tmp_path):
         if meta is None or meta[1] in rawsplit.NOT_EXPLICIT_LE:
             continue
         start = meta[0]
-        whole = rawsplit._elements(data, start, implicit=False)
+        whole = rawsplit._elements(data, start, implicit=False, general=True)
         cuts = {len(data)} | {e[k] + d for e in (whole[0] if whole else []) for k in (2, 3, 5) for d in (-1, 0, 1, 3)}
         variants = [data[:c] for c in sorted(cuts) if start < c <= len(data)]
         for e in (whole[0] if whole else [])[::7]:  # an item tag where an element should be
@@ -203,8 +203,8 @@ def test_the_explicit_vr_loop_delimits_like_the_general_one(tmp_path):
                 b[at] = rng.randrange(256)
             variants.append(bytes(b))
         for v in variants:
-            expected = rawsplit._elements(v, start, implicit=False)
-            assert rawsplit._explicit_elements(v, start) == expected
+            expected = rawsplit._elements(v, start, implicit=False, general=True)
+            assert rawsplit._elements(v, start, implicit=False) == expected
             compared += 1
             refused += expected is None
     assert compared > 2000 and 100 < refused < compared
