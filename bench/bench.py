@@ -522,7 +522,7 @@ def task_run_cost(n: int, medanon_args: str, m: dict, f: dict) -> str | None:
     With K worker processes the inspect and scrub task runs each take ``pool_task_run_ms`` of a
     worker's time (inspection batches are INSPECT_BATCH_FACTOR times bigger there), shared by K
     workers; export and the 4 others run in the flow as in threads. Not estimated for Dask."""
-    from medanon.pipeline import INSPECT_BATCH_FACTOR, batch_size_for
+    from medanon.pipeline import batch_size_for, inspect_batch_size
 
     words = shlex.split(medanon_args) + shlex.split(m["label"].partition("(")[2].rstrip(")"))
     how = (m.get("summary") or {}).get("batch_tasks") or "threads"
@@ -538,7 +538,7 @@ def task_run_cost(n: int, medanon_args: str, m: dict, f: dict) -> str | None:
     if not how.endswith(" processes") or not f.get("pool_task_run_ms"):
         return None
     k = int(how.split()[0])
-    in_workers = -(-n // (size * INSPECT_BATCH_FACTOR)) + batches
+    in_workers = -(-n // inspect_batch_size(size, in_threads=False)) + batches
     in_flow = batches + 4
     cost = in_workers * f["pool_task_run_ms"] / 1000 / k + in_flow * f["task_run_ms"] / 1000
     return (f"{m['label']}: {in_workers} task runs on {k} worker processes ({f['pool_task_run_ms']} ms of a "
