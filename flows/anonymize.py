@@ -267,7 +267,7 @@ def _budgeted_stage(runner, task, cfg: WorkerConfig, store: StateStore, req: Run
 
     def handle(n, result):
         in_flight.pop(n, None)
-        if flush is not None and result["exported"]:
+        if flush is not None:
             flush(result)
         on_result(n, result)
         full["hit"] |= result["target_full"]

@@ -276,14 +276,18 @@ def scrub_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple[int, str, st
         else:
             result["skipped_identical"] += 1
         result["outputs"][file_id] = manifest_info(out, out_rel)
-    if cfg.sync and getattr(target, "sync", None) is not None and result["exported"]:
+    if cfg.sync:
         make_durable(target, result)  # before the flow records the batch in the ledger
     return result
 
 
 def make_durable(target, result: dict) -> None:
     """Flush a batch's writes to disk (``target.sync``), then let the kernel drop its output
-    files from the page cache (``drop_cached``, local disk): an export is not read back."""
+    files from the page cache (``drop_cached``, local disk): an export is not read back. Nothing
+    to do for a batch that wrote nothing, or for a target without ``sync`` (a bucket: a completed
+    PUT is durable)."""
+    if not result["exported"] or getattr(target, "sync", None) is None:
+        return
     target.sync()
     drop = getattr(target, "drop_cached", None)
     if drop is not None:

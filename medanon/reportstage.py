@@ -134,7 +134,7 @@ def report_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple]) -> dict:
         result["outputs"][file_id] = {
             "path": out_rel, **info, "series_instance_uid": "", "sop_instance_uid": "", "sop_class_uid": "",
             "modality": REPORT_MODALITY, "transfer_syntax_uid": "", "size": len(out), "sha256": sha}
-    if getattr(cfg, "sync", True) and getattr(target, "sync", None) is not None and result["exported"]:
+    if getattr(cfg, "sync", True):
         make_durable(target, result)  # before the flow records the batch in the ledger
     return result
 
