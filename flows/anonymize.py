@@ -19,8 +19,8 @@ from prefect.utilities.annotations import opaque
 
 from medanon.export import record_batch
 from medanon.keys import load_key
-from medanon.pipeline import (Batch, BatchIncomplete, WorkerConfig, batch_size_for, default_state_dir,
-                              inspect_batch_size, make_durable, worker_processes)
+from medanon.pipeline import (Batch, BatchIncomplete, WorkerConfig, batch_size_for, default_state_dir, even_share,
+                              inspect_batch_size, inspections_at_once, make_durable, worker_processes)
 from medanon.profile import get_profile
 from medanon.request import RunRequest, TargetChoice
 from medanon.state import StateStore
@@ -128,14 +128,17 @@ def anonymize(request: RunRequest) -> dict:
         processes = worker_processes(req.workers, pending, req.batch_size)
         batch_tasks = _runner_name(req, processes)
         in_threads = processes <= 1 and not req.dask_address
-        req = req.model_copy(update={"batch_size": batch_size_for(req.batch_size, in_threads)})
-        logger.info("batch tasks: %s for %d files to look at, %d instances per scrub batch", batch_tasks, pending,
-                    req.batch_size)
+        local_processes = 1 if req.dask_address else processes  # what even_share spreads batches over
+        requested_size = req.batch_size
+        req = req.model_copy(update={"batch_size": batch_size_for(requested_size, in_threads)})
+        inspect_size = even_share(inspect_batch_size(req.batch_size), pending, local_processes)
+        logger.info("batch tasks: %s for %d files to look at, %d per inspection batch", batch_tasks, pending,
+                    inspect_size)
         with task_runner(req, processes) as runner:
-            _run_waves(enumerate(store.iter_uninspected(cfg.source, inspect_batch_size(req.batch_size, in_threads)),
-                                 start=1),
+            _run_waves(enumerate(store.iter_uninspected(cfg.source, inspect_size), start=1),
                        lambda n, b: runner.submit(inspect, {"cfg": cfg, "batch_no": n, "entries": Batch(b)}),
-                       lambda n, items: store.record_inspected(items), req.max_in_flight)
+                       lambda n, items: store.record_inspected(items),
+                       inspections_at_once(in_threads, req.max_in_flight))
 
             # 2. pair reports with studies
             paired = pair(cfg, store, run_id, req.label)
@@ -149,8 +152,10 @@ def anonymize(request: RunRequest) -> dict:
                                            (run_id,))
             total = store.count(cfg.source, "status='planned'")
             estimate = store.planned_bytes(cfg.source)
-            logger.info("remap: %d instances to de-identify (about %d bytes), %d held by policy", total, estimate,
-                        planned["held"])
+            if not requested_size:  # the operator's batch size is obeyed as given
+                req = req.model_copy(update={"batch_size": even_share(req.batch_size, total, local_processes)})
+            logger.info("remap: %d instances to de-identify (about %d bytes) in batches of %d, %d held by policy",
+                        total, estimate, req.batch_size, planned["held"])
 
             # 4-5. scrub each batch on the workers, export (ledger) as each completes; a full
             # target pauses (deployment: suspend for operator input) or stops (CLI: exit 75)

@@ -72,3 +72,19 @@ def test_automatic_worker_processes(monkeypatch):
     assert pipeline.usable_cpus() == 4
     files.update({"/sys/fs/cgroup/memory.max": str(3 << 30), "/sys/fs/cgroup/memory.current": str(1 << 30)})
     assert pipeline.available_memory_bytes() <= 2 << 30
+
+
+
+def test_small_runs_give_each_worker_process_an_even_batch():
+    """A process pool starts a process only when a task finds none idle: fewer batches than
+    processes would leave some to start later, one after another. Below a full batch per process,
+    each gets an even share (rounded up); threads and Dask (1) keep the size."""
+    from medanon.pipeline import even_share, inspect_batch_size, inspections_at_once
+
+    assert even_share(1250, 2000, 2) == 1000 and even_share(5000, 2000, 2) == 1000
+    assert even_share(1250, 2001, 2) == 1001 and even_share(1250, 3, 8) == 1
+    assert even_share(1250, 20000, 2) == 1250 and even_share(1250, 2500, 2) == 1250
+    assert even_share(500, 2000, 1) == 500 and even_share(500, 0, 4) == 500
+    # inspection: 4x a scrub batch everywhere; one task at a time in threads (the GIL), else max_in_flight
+    assert inspect_batch_size(500) == 2000 and inspect_batch_size(1250) == 5000
+    assert inspections_at_once(True, 4) == 1 and inspections_at_once(False, 4) == 4

@@ -183,12 +183,12 @@ def test_automatic_workers_run_a_large_run_in_processes_with_the_same_output(har
 
     assert _tree(tmp_path / "auto") == _tree(tmp_path / "threads")
 
-    # a task run costs a worker process about 0.1 s: header reads go in INSPECT_BATCH_FACTOR times
-    # bigger batches there, scrubs keep the batch size
+    # header reads go in INSPECT_BATCH_FACTOR times bigger batches, in processes an even share each
+    # when that leaves a process without one; scrubs keep the given batch size
     count = _task_counter()
-    assert count("anonymize-threads", "inspect-batch-") == 4 and count("anonymize-threads", "scrub-batch-") == 4
+    assert count("anonymize-threads", "inspect-batch-") == 1 and count("anonymize-threads", "scrub-batch-") == 4
     if pipeline.usable_cpus() >= 2:
-        assert count("anonymize-auto", "inspect-batch-") == -(-40 // (10 * pipeline.INSPECT_BATCH_FACTOR)) == 1
+        assert count("anonymize-auto", "inspect-batch-") == -(-40 // -(-40 // expected)) == expected
         assert count("anonymize-auto", "scrub-batch-") == 4
 
 
@@ -310,7 +310,40 @@ def test_without_a_batch_size_worker_processes_get_bigger_batches(harness, tmp_p
                                    label="threadsize", workers=1))
     assert auto["batch_tasks"].endswith("processes") and threads["batch_tasks"] == "threads"
     count = _task_counter()
-    assert (count("anonymize-autosize", "scrub-batch-"), count("anonymize-autosize", "inspect-batch-")) == (2, 1)
-    assert (count("anonymize-threadsize", "scrub-batch-"), count("anonymize-threadsize", "inspect-batch-")) == (4, 4)
+    # processes: inspection (80 per batch) shared evenly, one batch per process
+    assert (count("anonymize-autosize", "scrub-batch-"), count("anonymize-autosize", "inspect-batch-")) == (2, 2)
+    assert (count("anonymize-threadsize", "scrub-batch-"), count("anonymize-threadsize", "inspect-batch-")) == (4, 1)
 
     assert _tree(tmp_path / "auto") == _tree(tmp_path / "threads") and len(_tree(tmp_path / "auto")) == 41
+
+
+def test_a_small_run_on_worker_processes_gives_each_process_a_batch(harness, tmp_path, monkeypatch):
+    """40 instances on 2 worker processes, with batches (WORKER_BATCH_SIZE, lowered to 50) bigger
+    than the run: without a batch size, inspection and scrub each make one batch per process, so
+    both processes start at once; a given batch size is obeyed for the scrub. Threads inspect one
+    batch at a time. The output is the same every way."""
+    from flows.anonymize import anonymize
+    from medanon import pipeline
+    from medanon.request import RunRequest
+    from medanon.samples import build_series_archive
+
+    monkeypatch.setenv("MEDANON_KEY", TEST_KEY)
+    monkeypatch.setattr(pipeline, "WORKER_BATCH_SIZE", 50)
+    src = tmp_path / "src"
+    build_series_archive(src, 40, per_series=10)
+    runs = {"even": {"workers": 2}, "given": {"workers": 2, "batch_size": 50}, "thread": {"workers": 1, "batch_size": 5}}
+    for label, extra in runs.items():
+        summary = anonymize(RunRequest(source=str(src), target=str(tmp_path / label),
+                                       state_dir=str(tmp_path / f"s-{label}"), label=f"small-{label}", **extra))
+        assert summary["exported"] == 40
+    count = _task_counter()
+    assert (count("anonymize-small-even", "inspect-batch-"), count("anonymize-small-even", "scrub-batch-")) == (2, 2)
+    assert (count("anonymize-small-given", "inspect-batch-"), count("anonymize-small-given", "scrub-batch-")) == (2, 1)
+    assert (count("anonymize-small-thread", "inspect-batch-"), count("anonymize-small-thread", "scrub-batch-")) == (2, 8)
+    # in threads, inspection tasks run one after another (header reads are GIL-bound)
+    flows, tasks, _, _ = asyncio.run(_collect())
+    thread_run = next(f.id for f in flows if f.name == "anonymize-small-thread")
+    first, second = sorted((t.start_time, t.end_time) for t in tasks
+                           if t.flow_run_id == thread_run and t.name.startswith("inspect-batch-"))
+    assert second[0] >= first[1]
+    assert _tree(tmp_path / "even") == _tree(tmp_path / "given") == _tree(tmp_path / "thread")
