@@ -516,21 +516,22 @@ def budget(report: dict) -> list[str]:
 def task_run_cost(n: int, medanon_args: str, m: dict, f: dict) -> str | None:
     """What Prefect's task runs cost medanon run ``m``, from floor ``f``'s per-task figures.
 
-    Per batch of instances a run makes an inspect, a scrub and an export task run, plus 4 more
-    (discover, pair, remap, manifest). In threads each costs ``task_run_ms`` one after another (an
-    upper bound: batches run 4 at a time), ``task_run_cpu_ms`` of it CPU taken from GIL-bound work.
-    With K worker processes the inspect and scrub task runs each take ``pool_task_run_ms`` of a
-    worker's time (inspection batches are INSPECT_BATCH_FACTOR times bigger there), shared by K
-    workers; export and the 4 others run in the flow as in threads. Not estimated for Dask."""
-    from medanon.pipeline import batch_size_for, inspect_batch_size
+    Per batch of instances a run makes a scrub and an export task run, one inspect task run per
+    INSPECT_BATCH_FACTOR batches' files, plus 4 more (discover, pair, remap, manifest). In threads
+    each costs ``task_run_ms`` one after another (an upper bound: scrub batches run 4 at a time),
+    ``task_run_cpu_ms`` of it CPU taken from GIL-bound work. With K worker processes the inspect and
+    scrub task runs each take ``pool_task_run_ms`` of a worker's time, shared by K workers (a small
+    run gives each worker an even share: ``even_share``); export and the 4 others run in the flow as
+    in threads. Not estimated for Dask."""
+    from medanon.pipeline import batch_size_for, even_share, inspect_batch_size
 
     words = shlex.split(medanon_args) + shlex.split(m["label"].partition("(")[2].rstrip(")"))
     how = (m.get("summary") or {}).get("batch_tasks") or "threads"
-    size = batch_size_for(int(words[words.index("--batch-size") + 1]) if "--batch-size" in words else None,
-                          how == "threads")
-    batches = -(-n // size)
+    given = int(words[words.index("--batch-size") + 1]) if "--batch-size" in words else None
+    size = batch_size_for(given, how == "threads")
     if how == "threads":
-        task_runs = 3 * batches + 4
+        batches = -(-n // size)
+        task_runs = 2 * batches + -(-n // inspect_batch_size(size)) + 4
         cost, cpu = (task_runs * f[k] / 1000 for k in ("task_run_ms", "task_run_cpu_ms"))
         return (f"{m['label']}: {task_runs} task runs (batches of {size}) take at most {cost:.2f} s "
                 f"({100 * cost / m['inner_seconds']:.1f} % of its flow time), {cpu * 1000:.0f} ms of it CPU "
@@ -538,7 +539,8 @@ def task_run_cost(n: int, medanon_args: str, m: dict, f: dict) -> str | None:
     if not how.endswith(" processes") or not f.get("pool_task_run_ms"):
         return None
     k = int(how.split()[0])
-    in_workers = -(-n // inspect_batch_size(size, in_threads=False)) + batches
+    batches = -(-n // (given or even_share(size, n, k)))
+    in_workers = -(-n // even_share(inspect_batch_size(size), n, k)) + batches
     in_flow = batches + 4
     cost = in_workers * f["pool_task_run_ms"] / 1000 / k + in_flow * f["task_run_ms"] / 1000
     return (f"{m['label']}: {in_workers} task runs on {k} worker processes ({f['pool_task_run_ms']} ms of a "

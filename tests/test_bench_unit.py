@@ -59,16 +59,16 @@ def test_one_round_is_reported_as_measured():
 
 
 def test_task_run_cost_counts_worker_process_task_runs_at_their_own_price():
-    """Threads: 3 task runs per batch + 4 at the thread price. K processes: inspect (batches
-    INSPECT_BATCH_FACTOR times bigger) and scrub task runs at the worker price shared by K, export
-    and the 4 others at the thread price."""
+    """Threads: 2 task runs per batch, 1 per INSPECT_BATCH_FACTOR batches (inspection) + 4 at the
+    thread price. K processes: inspect and scrub task runs at the worker price shared by K (a small
+    run: one even batch per worker), export and the 4 others at the thread price."""
     from medanon.pipeline import INSPECT_BATCH_FACTOR
 
     bench = _bench()
     floor = {"task_run_ms": 5.0, "task_run_cpu_ms": 4.0, "pool_task_run_ms": 100.0}
     threads = dict(_run("medanon (server)", "ok", 8.0, 5.0), summary={"batch_tasks": "threads"})
     line = bench.task_run_cost(2000, "", threads, floor)
-    assert "16 task runs (batches of 500) take at most 0.08 s (1.6 % of its flow time)" in line
+    assert "13 task runs (batches of 500) take at most 0.07 s (1.3 % of its flow time)" in line
     pool = dict(_run("medanon (server --batch-size 1000)", "ok", 50.0, 40.0), summary={"batch_tasks": "2 processes"})
     line = bench.task_run_cost(20000, "", pool, floor)
     in_workers = -(-20000 // (1000 * INSPECT_BATCH_FACTOR)) + 20
@@ -83,3 +83,6 @@ def test_task_run_cost_counts_worker_process_task_runs_at_their_own_price():
     batches = -(-20000 // WORKER_BATCH_SIZE)
     in_workers = -(-20000 // (WORKER_BATCH_SIZE * INSPECT_BATCH_FACTOR)) + batches
     assert f"{in_workers} task runs on 2 worker processes" in bench.task_run_cost(20000, "", auto, floor)
+    # a small run on 2 processes: one even batch each for inspection and for the scrub (1 000, not 1 250 + 750)
+    small = bench.task_run_cost(2000, "", auto, floor)
+    assert "4 task runs on 2 worker processes" in small and "and 6 in the flow" in small
