@@ -489,6 +489,28 @@ def test_local_target_reads_free_space_rarely_until_near_full(tmp_path, monkeypa
         target.put_bytes("c/0.dcm", data, fastpath.hashlib.sha256(data).hexdigest())
 
 
+def test_a_written_file_is_already_on_its_way_to_disk(tmp_path):
+    """LocalTarget starts the writeback of each file as it writes it, so the batch's sync waits for
+    writes under way instead of starting them all at the end: right after put_bytes the file has
+    no dirty page left, where a file written plainly keeps them until the kernel or a sync flushes."""
+    from conftest import dirty_pages, fs_type
+
+    if fs_type(tmp_path) in ("tmpfs", "ramfs"):
+        pytest.skip("tmpfs has no disk to write back to")
+    data = os.urandom(4 << 20)
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(data)
+    control = dirty_pages(plain)
+    if control is None:
+        pytest.skip("cachestat(2) is not available here (Linux 6.5+)")
+    if control == 0:
+        pytest.skip("the kernel wrote the plain file back at once here: nothing to compare with")
+    target = LocalTarget(tmp_path / "out")
+    target.put_bytes("a/1.dcm", data, fastpath.hashlib.sha256(data).hexdigest())
+    assert dirty_pages(tmp_path / "out" / "a" / "1.dcm") == 0
+    assert (tmp_path / "out" / "a" / "1.dcm").read_bytes() == data
+
+
 def test_written_files_leave_the_page_cache_once_durable(tmp_path):
     """drop_cached lets the kernel drop a synced file's pages (an export is not read back), skipping
     a file gone since; a scrub batch that flushes its own writes (Dask workers) drops its outputs."""

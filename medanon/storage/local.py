@@ -57,6 +57,22 @@ class LocalSource:
         return str(self.root / relpath)
 
 
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing a file's dirty pages to disk now, without waiting for it.
+
+    Linux's ``POSIX_FADV_DONTNEED`` starts writeback of the dirty pages in the range (and drops
+    only clean ones: none yet in a file just written). The batch's ``sync`` then waits for writes
+    already under way instead of starting them all at the end of the batch. In threads, where the
+    scrub keeps about one core busy, that end-of-batch sync took about 0.5 s of a 2 000-instance
+    run during which nothing else ran. Elsewhere it does nothing (the later sync does it all)."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is not None:
+        try:
+            advise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+
+
 class LocalTarget:
     """Writes via a hidden temp file in the destination folder, then rename; sync() per batch."""
 
@@ -139,9 +155,11 @@ class LocalTarget:
         try:
             with os.fdopen(fd, "wb") as fh:
                 writer(fh)
+                fh.flush()
                 if self.fsync_each:
-                    fh.flush()
                     os.fsync(fh.fileno())
+                else:
+                    start_writeback(fh.fileno())
             os.replace(tmp, dest)
         except OSError as exc:
             _unlink_quiet(tmp)
