@@ -138,7 +138,7 @@ def anonymize(request: RunRequest) -> dict:
             _run_waves(enumerate(store.iter_uninspected(cfg.source, inspect_size), start=1),
                        lambda n, b: runner.submit(inspect, {"cfg": cfg, "batch_no": n, "entries": Batch(b)}),
                        lambda n, items: store.record_inspected(items),
-                       inspections_at_once(in_threads, req.max_in_flight))
+                       inspections_at_once(in_threads, req.max_in_flight, cfg.source))
 
             # 2. pair reports with studies
             paired = pair(cfg, store, run_id, req.label)

@@ -85,6 +85,8 @@ def test_small_runs_give_each_worker_process_an_even_batch():
     assert even_share(1250, 2001, 2) == 1001 and even_share(1250, 3, 8) == 1
     assert even_share(1250, 20000, 2) == 1250 and even_share(1250, 2500, 2) == 1250
     assert even_share(500, 2000, 1) == 500 and even_share(500, 0, 4) == 500
-    # inspection: 4x a scrub batch everywhere; one task at a time in threads (the GIL), else max_in_flight
+    # inspection: 4x a scrub batch everywhere; one task at a time in threads from a local source (the
+    # GIL), else max_in_flight
     assert inspect_batch_size(500) == 2000 and inspect_batch_size(1250) == 5000
-    assert inspections_at_once(True, 4) == 1 and inspections_at_once(False, 4) == 4
+    assert inspections_at_once(True, 4, "/data/pacs") == 1 and inspections_at_once(False, 4, "/data/pacs") == 4
+    assert inspections_at_once(True, 4, "s3://pacs/ct") == 4  # ranged GETs: threads overlap their round trips
