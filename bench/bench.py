@@ -521,9 +521,9 @@ def task_run_cost(n: int, medanon_args: str, m: dict, f: dict) -> str | None:
     each costs ``task_run_ms`` one after another (an upper bound: scrub batches run 4 at a time),
     ``task_run_cpu_ms`` of it CPU taken from GIL-bound work. With K worker processes the inspect and
     scrub task runs each take ``pool_task_run_ms`` of a worker's time, shared by K workers (a small
-    run gives each worker an even share: ``even_share``); export and the 4 others run in the flow as
-    in threads. Not estimated for Dask."""
-    from medanon.pipeline import batch_size_for, even_share, inspect_batch_size
+    run gives each worker an even share: ``even_share``, ``inspection_plan``); export and the 4
+    others run in the flow as in threads. A local source is assumed. Not estimated for Dask."""
+    from medanon.pipeline import batch_size_for, even_share, inspection_plan
 
     words = shlex.split(medanon_args) + shlex.split(m["label"].partition("(")[2].rstrip(")"))
     how = (m.get("summary") or {}).get("batch_tasks") or "threads"
@@ -531,7 +531,7 @@ def task_run_cost(n: int, medanon_args: str, m: dict, f: dict) -> str | None:
     size = batch_size_for(given, how == "threads")
     if how == "threads":
         batches = -(-n // size)
-        task_runs = 2 * batches + -(-n // inspect_batch_size(size)) + 4
+        task_runs = 2 * batches + -(-n // inspection_plan(size, True, 4)[0]) + 4
         cost, cpu = (task_runs * f[k] / 1000 for k in ("task_run_ms", "task_run_cpu_ms"))
         return (f"{m['label']}: {task_runs} task runs (batches of {size}) take at most {cost:.2f} s "
                 f"({100 * cost / m['inner_seconds']:.1f} % of its flow time), {cpu * 1000:.0f} ms of it CPU "
@@ -540,7 +540,7 @@ def task_run_cost(n: int, medanon_args: str, m: dict, f: dict) -> str | None:
         return None
     k = int(how.split()[0])
     batches = -(-n // (given or even_share(size, n, k)))
-    in_workers = -(-n // even_share(inspect_batch_size(size), n, k)) + batches
+    in_workers = -(-n // inspection_plan(size, False, 4, "", n, k)[0]) + batches
     in_flow = batches + 4
     cost = in_workers * f["pool_task_run_ms"] / 1000 / k + in_flow * f["task_run_ms"] / 1000
     return (f"{m['label']}: {in_workers} task runs on {k} worker processes ({f['pool_task_run_ms']} ms of a "

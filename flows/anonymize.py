@@ -20,7 +20,7 @@ from prefect.utilities.annotations import opaque
 from medanon.export import record_batch
 from medanon.keys import load_key
 from medanon.pipeline import (Batch, BatchIncomplete, WorkerConfig, batch_size_for, default_state_dir, even_share,
-                              inspect_batch_size, inspections_at_once, make_durable, worker_processes)
+                              inspection_plan, make_durable, worker_processes)
 from medanon.profile import get_profile
 from medanon.request import RunRequest, TargetChoice
 from medanon.state import StateStore
@@ -131,14 +131,14 @@ def anonymize(request: RunRequest) -> dict:
         local_processes = 1 if req.dask_address else processes  # what even_share spreads batches over
         requested_size = req.batch_size
         req = req.model_copy(update={"batch_size": batch_size_for(requested_size, in_threads)})
-        inspect_size = even_share(inspect_batch_size(req.batch_size), pending, local_processes)
+        inspect_size, inspect_at_once = inspection_plan(req.batch_size, in_threads, req.max_in_flight, cfg.source,
+                                                        pending, local_processes)
         logger.info("batch tasks: %s for %d files to look at, %d per inspection batch", batch_tasks, pending,
                     inspect_size)
         with task_runner(req, processes) as runner:
             _run_waves(enumerate(store.iter_uninspected(cfg.source, inspect_size), start=1),
                        lambda n, b: runner.submit(inspect, {"cfg": cfg, "batch_no": n, "entries": Batch(b)}),
-                       lambda n, items: store.record_inspected(items),
-                       inspections_at_once(in_threads, req.max_in_flight, cfg.source))
+                       lambda n, items: store.record_inspected(items), inspect_at_once)
 
             # 2. pair reports with studies
             paired = pair(cfg, store, run_id, req.label)

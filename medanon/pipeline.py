@@ -327,7 +327,7 @@ def worker_processes(requested: int, pending: int, batch_size: int | None, cpus:
 # thread. So batches there are bigger: scrub batches of WORKER_BATCH_SIZE unless the operator gives
 # a size (a worker scrubs a CT instance in about 2 ms: 1 250 of them take about 2.5 s, of which the
 # task run is about 4 %). Reading a header is a small part of a scrub's work per file, so
-# inspection tasks hold INSPECT_BATCH_FACTOR times a scrub batch's files everywhere.
+# inspection tasks hold INSPECT_BATCH_FACTOR times a scrub batch's files (``inspection_plan``).
 DEFAULT_BATCH_SIZE = 500
 WORKER_BATCH_SIZE = 1250
 INSPECT_BATCH_FACTOR = 4
@@ -341,18 +341,25 @@ def batch_size_for(requested: int | None, in_threads: bool) -> int:
     return DEFAULT_BATCH_SIZE if in_threads else WORKER_BATCH_SIZE
 
 
-def inspect_batch_size(batch_size: int) -> int:
-    """Files per inspection task: ``INSPECT_BATCH_FACTOR`` times a scrub batch (``batch_size``)."""
-    return batch_size * INSPECT_BATCH_FACTOR
+def inspection_plan(batch_size: int, in_threads: bool, max_in_flight: int, source: str = "", pending: int = 0,
+                    processes: int = 1) -> tuple[int, int]:
+    """(files per inspection task, inspection tasks at once), for scrub batches of ``batch_size``.
 
-
-def inspections_at_once(in_threads: bool, max_in_flight: int, source: str = "") -> int:
-    """Inspection tasks running at once. In threads, from a local source, one: reading a header
-    there is almost all Python (pydicom), so threads only take turns with the GIL, and on a VM each
-    hand-over costs more than the short reads between them save (2 000 CT headers: 0.23 s in one
-    thread, 0.50 s in four, without Prefect). From an S3 source each header is a ranged GET whose
-    round trip threads do overlap, and worker processes and Dask read in parallel: ``max_in_flight``."""
-    return 1 if in_threads and not source.startswith("s3://") else max_in_flight
+    - Worker processes and Dask: ``INSPECT_BATCH_FACTOR`` times a scrub batch (a task run costs
+      a worker about 0.1 s), an ``even_share`` of the ``pending`` files per local process in a
+      small run, ``max_in_flight`` at once.
+    - Threads, local source: as big, one at a time. Reading a header there is almost all Python
+      (pydicom), so threads only take turns with the GIL, and on a VM each hand-over costs more than
+      the short reads between them save (2 000 CT headers: 0.23 s in one thread, 0.50 s in four,
+      without Prefect).
+    - Threads, S3 source: scrub-sized batches, ``max_in_flight`` at once: each header is a ranged
+      GET whose round trip threads do overlap."""
+    if in_threads and source.startswith("s3://"):
+        return batch_size, max_in_flight
+    size = batch_size * INSPECT_BATCH_FACTOR
+    if in_threads:
+        return size, 1
+    return even_share(size, pending, processes), max_in_flight
 
 
 def even_share(size: int, count: int, processes: int) -> int:

@@ -79,14 +79,16 @@ def test_small_runs_give_each_worker_process_an_even_batch():
     """A process pool starts a process only when a task finds none idle: fewer batches than
     processes would leave some to start later, one after another. Below a full batch per process,
     each gets an even share (rounded up); threads and Dask (1) keep the size."""
-    from medanon.pipeline import even_share, inspect_batch_size, inspections_at_once
+    from medanon.pipeline import even_share, inspection_plan
 
     assert even_share(1250, 2000, 2) == 1000 and even_share(5000, 2000, 2) == 1000
     assert even_share(1250, 2001, 2) == 1001 and even_share(1250, 3, 8) == 1
     assert even_share(1250, 20000, 2) == 1250 and even_share(1250, 2500, 2) == 1250
     assert even_share(500, 2000, 1) == 500 and even_share(500, 0, 4) == 500
-    # inspection: 4x a scrub batch everywhere; one task at a time in threads from a local source (the
-    # GIL), else max_in_flight
-    assert inspect_batch_size(500) == 2000 and inspect_batch_size(1250) == 5000
-    assert inspections_at_once(True, 4, "/data/pacs") == 1 and inspections_at_once(False, 4, "/data/pacs") == 4
-    assert inspections_at_once(True, 4, "s3://pacs/ct") == 4  # ranged GETs: threads overlap their round trips
+    # inspection: 4x a scrub batch, an even share per process in a small run, max_in_flight at once;
+    # in threads from a local source one at a time (the GIL); from S3 scrub-sized, overlapping GETs
+    assert inspection_plan(1250, False, 4, "/data/pacs", 20000, 2) == (5000, 4)
+    assert inspection_plan(1250, False, 4, "s3://pacs/ct", 2000, 2) == (1000, 4)
+    assert inspection_plan(1250, False, 4, "/data/pacs", 2000, 1) == (5000, 4)  # Dask: no local processes
+    assert inspection_plan(500, True, 4, "/data/pacs", 2000) == (2000, 1)
+    assert inspection_plan(500, True, 4, "s3://pacs/ct", 2000) == (500, 4)
