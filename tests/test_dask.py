@@ -74,7 +74,6 @@ def test_automatic_worker_processes(monkeypatch):
     assert pipeline.available_memory_bytes() <= 2 << 30
 
 
-
 def test_small_runs_give_each_worker_process_an_even_batch():
     """A process pool starts a process only when a task finds none idle: fewer batches than
     processes would leave some to start later, one after another. Below a full batch per process,
