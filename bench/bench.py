@@ -522,7 +522,7 @@ def task_run_cost(n: int, medanon_args: str, m: dict, f: dict) -> str | None:
     ``task_run_cpu_ms`` of it CPU taken from GIL-bound work. With K worker processes the inspect and
     scrub task runs each take ``pool_task_run_ms`` of a worker's time, shared by K workers (a small
     run gives each worker an even share: ``even_share``, ``inspection_plan``); export and the 4
-    others run in the flow as in threads. A local source is assumed. Not estimated for Dask."""
+    others run in the flow as in threads. Not estimated for Dask."""
     from medanon.pipeline import batch_size_for, even_share, inspection_plan
 
     words = shlex.split(medanon_args) + shlex.split(m["label"].partition("(")[2].rstrip(")"))
@@ -540,7 +540,7 @@ def task_run_cost(n: int, medanon_args: str, m: dict, f: dict) -> str | None:
         return None
     k = int(how.split()[0])
     batches = -(-n // (given or even_share(size, n, k)))
-    in_workers = -(-n // inspection_plan(size, False, 4, "", n, k)[0]) + batches
+    in_workers = -(-n // inspection_plan(size, False, 4, n, k)[0]) + batches
     in_flow = batches + 4
     cost = in_workers * f["pool_task_run_ms"] / 1000 / k + in_flow * f["task_run_ms"] / 1000
     return (f"{m['label']}: {in_workers} task runs on {k} worker processes ({f['pool_task_run_ms']} ms of a "

@@ -131,8 +131,8 @@ def anonymize(request: RunRequest) -> dict:
         local_processes = 1 if req.dask_address else processes  # what even_share spreads batches over
         requested_size = req.batch_size
         req = req.model_copy(update={"batch_size": batch_size_for(requested_size, in_threads)})
-        inspect_size, inspect_at_once = inspection_plan(req.batch_size, in_threads, req.max_in_flight, cfg.source,
-                                                        pending, local_processes)
+        inspect_size, inspect_at_once = inspection_plan(req.batch_size, in_threads, req.max_in_flight, pending,
+                                                        local_processes)
         logger.info("batch tasks: %s for %d files to look at, %d per inspection batch", batch_tasks, pending,
                     inspect_size)
         with task_runner(req, processes) as runner:

@@ -85,9 +85,8 @@ def test_small_runs_give_each_worker_process_an_even_batch():
     assert even_share(1250, 20000, 2) == 1250 and even_share(1250, 2500, 2) == 1250
     assert even_share(500, 2000, 1) == 500 and even_share(500, 0, 4) == 500
     # inspection: 4x a scrub batch, an even share per process in a small run, max_in_flight at once;
-    # in threads from a local source one at a time (the GIL); from S3 scrub-sized, overlapping GETs
-    assert inspection_plan(1250, False, 4, "/data/pacs", 20000, 2) == (5000, 4)
-    assert inspection_plan(1250, False, 4, "s3://pacs/ct", 2000, 2) == (1000, 4)
-    assert inspection_plan(1250, False, 4, "/data/pacs", 2000, 1) == (5000, 4)  # Dask: no local processes
-    assert inspection_plan(500, True, 4, "/data/pacs", 2000) == (2000, 1)
-    assert inspection_plan(500, True, 4, "s3://pacs/ct", 2000) == (500, 4)
+    # in threads one at a time (the GIL; from S3 the task overlaps its own GETs)
+    assert inspection_plan(1250, False, 4, 20000, 2) == (5000, 4)
+    assert inspection_plan(1250, False, 4, 2000, 2) == (1000, 4)
+    assert inspection_plan(1250, False, 4, 2000, 1) == (5000, 4)  # Dask: no local processes
+    assert inspection_plan(500, True, 4, 2000) == (2000, 1)

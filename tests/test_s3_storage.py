@@ -511,6 +511,48 @@ def test_discovery_reads_only_headers_of_objects(moto_s3, tmp_path, monkeypatch)
     assert PHI not in str(ei.value) and not isinstance(ei.value, OSError)
 
 
+def test_an_inspection_task_overlaps_its_ranged_gets_from_s3(moto_s3, tmp_path, monkeypatch):
+    """From an S3 source, inspect_batch reads several headers at once (each a ranged GET: threads
+    overlap the round trips), with the same outcome, in the same order, as one read at a time."""
+    from medanon import pipeline
+    from medanon.profile import get_profile
+
+    files = _big_instances()
+    c = raw_client(moto_s3)
+    for k in range(4):
+        for name, body in files.items():
+            c.put_object(Bucket=BUCKET, Key=f"many/{PHI}/{k}/{name}", Body=body)
+    url = f"s3://{BUCKET}/many"
+    cfg = pipeline.WorkerConfig(source=url, target=str(tmp_path / "out"), profile=get_profile("research"),
+                                key=b"k" * 32, source_options={"endpoint_url": moto_s3.endpoint_url})
+    entries = [(i, e.relpath, e.size, e.token) for i, e in enumerate(cfg.open_source().iter_entries())]
+    state = {"now": 0, "most": 0}
+    lock = threading.Lock()
+    real_get_range = S3Source._get_range
+
+    def slow(self, key, start, end, etag):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        try:
+            time.sleep(0.05)  # a round trip to a distant endpoint
+            return real_get_range(self, key, start, end, etag)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(S3Source, "_get_range", slow)
+    together = pipeline.inspect_batch(cfg, entries)
+    assert state["most"] > 1
+    monkeypatch.setattr(pipeline, "REMOTE_HEADER_READS", 1)
+    state["most"] = 0
+    one_by_one = pipeline.inspect_batch(cfg, entries)
+    assert state["most"] == 1
+    assert [i for i, _ in together] == [i for i, _ in one_by_one] == list(range(len(entries)))
+    assert [it.as_row() for _, it in together] == [it.as_row() for _, it in one_by_one]
+    assert {it.kind for _, it in together} == {"dicom", "quarantine"}
+
+
 def test_scrub_reads_only_the_listed_version(moto_s3, tmp_path):
     """The scrub downloads an object only in the version discovery listed (If-Match on its ETag):
     one replaced in between is quarantined as "changed", never scrubbed as another version; the
