@@ -552,6 +552,18 @@ def test_an_inspection_task_overlaps_its_ranged_gets_from_s3(moto_s3, tmp_path, 
     assert [it.as_row() for _, it in together] == [it.as_row() for _, it in one_by_one]
     assert {it.kind for _, it in together} == {"dicom", "quarantine"}
 
+    # the storage failing fails the batch (StorageError) without trying every header left
+    monkeypatch.setattr(pipeline, "REMOTE_HEADER_READS", 8)
+    quick = cfg.model_copy(update={"source_options": dict(cfg.source_options, max_attempts=1, client_max_attempts=1,
+                                                          connect_timeout=1, read_timeout=2)})
+    calls = []
+    monkeypatch.setattr(S3Source, "_get_range", lambda *a: calls.append(1) or slow(*a))
+    moto_s3.kill()
+    many = [(i, *e[1:]) for i, e in enumerate(entries * 20)]
+    with pytest.raises(StorageError):
+        pipeline.inspect_batch(quick, many)
+    assert len(calls) < len(many) // 2  # Executor.map cancels the reads not yet started
+
 
 def test_scrub_reads_only_the_listed_version(moto_s3, tmp_path):
     """The scrub downloads an object only in the version discovery listed (If-Match on its ETag):
