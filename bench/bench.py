@@ -521,9 +521,9 @@ def task_run_cost(n: int, medanon_args: str, m: dict, f: dict) -> str | None:
     each costs ``task_run_ms`` one after another (an upper bound: scrub batches run 4 at a time),
     ``task_run_cpu_ms`` of it CPU taken from GIL-bound work. With K worker processes the inspect and
     scrub task runs each take ``pool_task_run_ms`` of a worker's time, shared by K workers (a small
-    run gives each worker an even share: ``even_share``, ``inspection_plan``); export and the 4
+    run gives each worker an even share: ``scrub_batch_size``, ``inspection_plan``); export and the 4
     others run in the flow as in threads. Not estimated for Dask."""
-    from medanon.pipeline import batch_size_for, even_share, inspection_plan
+    from medanon.pipeline import batch_size_for, inspection_plan, scrub_batch_size
 
     words = shlex.split(medanon_args) + shlex.split(m["label"].partition("(")[2].rstrip(")"))
     how = (m.get("summary") or {}).get("batch_tasks") or "threads"
@@ -539,7 +539,7 @@ def task_run_cost(n: int, medanon_args: str, m: dict, f: dict) -> str | None:
     if not how.endswith(" processes") or not f.get("pool_task_run_ms"):
         return None
     k = int(how.split()[0])
-    batches = -(-n // (given or even_share(size, n, k)))
+    batches = -(-n // scrub_batch_size(given, False, n, k))
     in_workers = -(-n // inspection_plan(size, False, 4, n, k)[0]) + batches
     in_flow = batches + 4
     cost = in_workers * f["pool_task_run_ms"] / 1000 / k + in_flow * f["task_run_ms"] / 1000

@@ -19,8 +19,8 @@ from prefect.utilities.annotations import opaque
 
 from medanon.export import record_batch
 from medanon.keys import load_key
-from medanon.pipeline import (Batch, BatchIncomplete, WorkerConfig, batch_size_for, default_state_dir, even_share,
-                              inspection_plan, make_durable, worker_processes)
+from medanon.pipeline import (Batch, BatchIncomplete, WorkerConfig, batch_size_for, default_state_dir,
+                              inspection_plan, make_durable, scrub_batch_size, worker_processes)
 from medanon.profile import get_profile
 from medanon.request import RunRequest, TargetChoice
 from medanon.state import StateStore
@@ -152,8 +152,8 @@ def anonymize(request: RunRequest) -> dict:
                                            (run_id,))
             total = store.count(cfg.source, "status='planned'")
             estimate = store.planned_bytes(cfg.source)
-            if not requested_size:  # the operator's batch size is obeyed as given
-                req = req.model_copy(update={"batch_size": even_share(req.batch_size, total, local_processes)})
+            req = req.model_copy(update={"batch_size": scrub_batch_size(requested_size, in_threads, total,
+                                                                        local_processes)})
             logger.info("remap: %d instances to de-identify (about %d bytes) in batches of %d, %d held by policy",
                         total, estimate, req.batch_size, planned["held"])
 

@@ -355,6 +355,13 @@ def batch_size_for(requested: int | None, in_threads: bool) -> int:
     return DEFAULT_BATCH_SIZE if in_threads else WORKER_BATCH_SIZE
 
 
+def scrub_batch_size(requested: int | None, in_threads: bool, planned: int, processes: int) -> int:
+    """Instances per scrub task once remap has counted the ``planned`` ones: the operator's size as
+    given, else the automatic size (``batch_size_for``), an ``even_share`` per local process in a
+    small run."""
+    return requested or even_share(batch_size_for(None, in_threads), planned, processes)
+
+
 def inspection_plan(batch_size: int, in_threads: bool, max_in_flight: int, pending: int = 0,
                     processes: int = 1) -> tuple[int, int]:
     """(files per inspection task, inspection tasks at once), for scrub batches of ``batch_size``:

@@ -78,12 +78,15 @@ def test_small_runs_give_each_worker_process_an_even_batch():
     """A process pool starts a process only when a task finds none idle: fewer batches than
     processes would leave some to start later, one after another. Below a full batch per process,
     each gets an even share (rounded up); threads and Dask (1) keep the size."""
-    from medanon.pipeline import even_share, inspection_plan
+    from medanon.pipeline import even_share, inspection_plan, scrub_batch_size
 
     assert even_share(1250, 2000, 2) == 1000 and even_share(5000, 2000, 2) == 1000
     assert even_share(1250, 2001, 2) == 1001 and even_share(1250, 3, 8) == 1
     assert even_share(1250, 20000, 2) == 1250 and even_share(1250, 2500, 2) == 1250
     assert even_share(500, 2000, 1) == 500 and even_share(500, 0, 4) == 500
+    # the scrub: a given size as given, else the automatic one, shared evenly in a small run
+    assert scrub_batch_size(None, False, 2000, 2) == 1000 and scrub_batch_size(50, False, 2000, 2) == 50
+    assert scrub_batch_size(None, True, 2000, 1) == 500 and scrub_batch_size(None, False, 2000, 1) == 1250
     # inspection: 4x a scrub batch, an even share per process in a small run, max_in_flight at once;
     # in threads one at a time (the GIL; from S3 the task overlaps its own GETs)
     assert inspection_plan(1250, False, 4, 20000, 2) == (5000, 4)
