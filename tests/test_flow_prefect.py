@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 import json
 
@@ -24,15 +25,32 @@ def harness():
 async def _collect():
     async with get_client() as client:
         flows = await client.read_flow_runs()
-        tasks = await client.read_task_runs()
+        tasks, page = [], None
+        while page is None or len(page) == 200:  # every task run, not the server's first page of 200
+            page = await client.read_task_runs(limit=200, offset=len(tasks))
+            tasks += page
         arts = await client.read_artifacts()
         logs = await client.read_logs()
     return flows, tasks, arts, logs
 
 
+def _settled_task_runs():
+    """Flow runs and task runs, read until two reads a second apart agree (at most 30 s): task runs
+    reach the server as events, recorded a moment after the flow has returned."""
+    deadline = time.monotonic() + 30
+    flows, tasks, _, _ = asyncio.run(_collect())
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        again_flows, again, _, _ = asyncio.run(_collect())
+        if {(t.id, t.state_type) for t in again} == {(t.id, t.state_type) for t in tasks}:
+            break
+        flows, tasks = again_flows, again
+    return flows, tasks
+
+
 def _task_counter():
     """count(flow run name, task run name prefix) over every run the test server holds."""
-    flows, tasks, _, _ = asyncio.run(_collect())
+    flows, tasks = _settled_task_runs()
     run_of = {f.id: f.name for f in flows}
     return lambda flow_name, prefix: sum(run_of.get(t.flow_run_id) == flow_name and t.name.startswith(prefix)
                                          for t in tasks)
@@ -341,7 +359,7 @@ def test_a_small_run_on_worker_processes_gives_each_process_a_batch(harness, tmp
     assert (count("anonymize-small-given", "inspect-batch-"), count("anonymize-small-given", "scrub-batch-")) == (2, 1)
     assert (count("anonymize-small-thread", "inspect-batch-"), count("anonymize-small-thread", "scrub-batch-")) == (2, 8)
     # in threads, inspection tasks run one after another (header reads are GIL-bound)
-    flows, tasks, _, _ = asyncio.run(_collect())
+    flows, tasks = _settled_task_runs()
     thread_run = next(f.id for f in flows if f.name == "anonymize-small-thread")
     first, second = sorted((t.start_time, t.end_time) for t in tasks
                            if t.flow_run_id == thread_run and t.name.startswith("inspect-batch-"))
