@@ -99,8 +99,19 @@ def task_runner(req: RunRequest, processes: int):
         yield runner
 
 
-def _runner_name(req: RunRequest, processes: int) -> str:
-    return "dask" if req.dask_address else f"{processes} processes" if processes > 1 else "threads"
+def batch_spread(runner, req: RunRequest, processes: int) -> int:
+    """The workers a small run's batches are shared evenly over (``even_share``): the local worker
+    processes, or the Dask cluster's workers as the run starts (a worker's threads share one GIL,
+    and a batch is mostly Python); 1 in threads, or while no Dask worker has joined."""
+    if req.dask_address:
+        return max(1, len(runner.client.nthreads()))
+    return processes
+
+
+def _runner_name(req: RunRequest, spread: int) -> str:
+    if req.dask_address:
+        return f"dask ({spread} workers)"
+    return f"{spread} processes" if spread > 1 else "threads"
 
 
 @flow(name="anonymize", flow_run_name="anonymize-{request.label}", log_prints=False, persist_result=False)
@@ -126,16 +137,16 @@ def anonymize(request: RunRequest) -> dict:
                     listed["changed"])
         pending = store.count(cfg.source, "status IN ('new', 'planned')")
         processes = worker_processes(req.workers, pending, req.batch_size)
-        batch_tasks = _runner_name(req, processes)
         in_threads = processes <= 1 and not req.dask_address
-        local_processes = 1 if req.dask_address else processes  # what even_share spreads batches over
         requested_size = req.batch_size
         req = req.model_copy(update={"batch_size": batch_size_for(requested_size, in_threads)})
-        inspect_size, inspect_at_once = inspection_plan(req.batch_size, in_threads, req.max_in_flight, pending,
-                                                        local_processes)
-        logger.info("batch tasks: %s for %d files to look at, %d per inspection batch", batch_tasks, pending,
-                    inspect_size)
         with task_runner(req, processes) as runner:
+            spread = batch_spread(runner, req, processes)  # what even_share spreads a small run's batches over
+            inspect_size, inspect_at_once = inspection_plan(req.batch_size, in_threads, req.max_in_flight, pending,
+                                                            spread)
+            batch_tasks = _runner_name(req, spread)
+            logger.info("batch tasks: %s for %d files to look at, %d per inspection batch", batch_tasks, pending,
+                        inspect_size)
             _run_waves(enumerate(store.iter_uninspected(cfg.source, inspect_size), start=1),
                        lambda n, b: runner.submit(inspect, {"cfg": cfg, "batch_no": n, "entries": Batch(b)}),
                        lambda n, items: store.record_inspected(items), inspect_at_once)
@@ -153,7 +164,7 @@ def anonymize(request: RunRequest) -> dict:
             total = store.count(cfg.source, "status='planned'")
             estimate = store.planned_bytes(cfg.source)
             req = req.model_copy(update={"batch_size": scrub_batch_size(requested_size, in_threads, total,
-                                                                        local_processes)})
+                                                                        spread)})
             logger.info("remap: %d instances to de-identify (about %d bytes) in batches of %d, %d held by policy",
                         total, estimate, req.batch_size, planned["held"])
 

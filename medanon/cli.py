@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--label", default="run", help="a PHI-free name for this run (shown in Prefect)")
         sp.add_argument("--batch-size", type=int, default=None,
                         help="instances per scrub task (default: 500 in threads, 1 250 in worker processes or on "
-                             "Dask; a smaller run gets an even share per local process)")
+                             "Dask; a smaller run gets an even share per worker)")
         sp.add_argument("--byte-budget", type=int, help="stop when this run has written this many bytes")
         sp.add_argument("--no-sync", dest="sync", action="store_false",
                         help="do not flush each batch to disk (safe against kills, not against power loss)")

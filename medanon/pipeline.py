@@ -357,8 +357,8 @@ def batch_size_for(requested: int | None, in_threads: bool) -> int:
 
 def scrub_batch_size(requested: int | None, in_threads: bool, planned: int, processes: int) -> int:
     """Instances per scrub task once remap has counted the ``planned`` ones: the operator's size as
-    given, else the automatic size (``batch_size_for``), an ``even_share`` per local process in a
-    small run."""
+    given, else the automatic size (``batch_size_for``), an ``even_share`` per worker in a small
+    run."""
     return requested or even_share(batch_size_for(None, in_threads), planned, processes)
 
 
@@ -369,7 +369,7 @@ def inspection_plan(batch_size: int, in_threads: bool, max_in_flight: int, pendi
     0.1 s; a header is a small part of a scrub's work per file).
 
     - Worker processes and Dask: ``max_in_flight`` at once, and in a small run an ``even_share`` of
-      the ``pending`` files per local process.
+      the ``pending`` files per worker (``processes``).
     - Threads: one at a time. Reading a header from disk is almost all Python (pydicom), so threads
       only take turns with the GIL, and on a VM each hand-over costs more than the short reads
       between them save (2 000 CT headers: 0.23 s in one thread, 0.50 s in four, without Prefect).
@@ -381,13 +381,14 @@ def inspection_plan(batch_size: int, in_threads: bool, max_in_flight: int, pendi
 
 
 def even_share(size: int, count: int, processes: int) -> int:
-    """Items per batch for ``count`` items on ``processes`` local worker processes: ``size``, or, when
-    ``count`` is less than a full batch per process, an even share each (rounded up).
+    """Items per batch for ``count`` items on ``processes`` worker processes (local, or a Dask
+    cluster's workers): ``size``, or, when ``count`` is less than a full batch per process, an even
+    share each (rounded up).
 
-    The process pool starts a process on demand, when a task is submitted while no process is idle.
-    With fewer batches than processes, the idle ones would start only at the next stage, one after
-    another (about 1.5 s each); with a last batch smaller than the others, one process would wait for
-    another. Threads and Dask (``processes`` <= 1): ``size``."""
+    The local process pool starts a process on demand, when a task is submitted while no process is
+    idle. With fewer batches than processes, the idle ones would start only at the next stage, one
+    after another (about 1.5 s each); on Dask they would stay idle. With a last batch smaller than the
+    others, one process would wait for another. Threads (``processes`` <= 1): ``size``."""
     if processes <= 1 or count <= 0:
         return size
     return max(1, min(size, -(-count // processes)))

@@ -22,7 +22,7 @@ class RunRequest(BaseModel):
     batch_size: int | None = Field(None, ge=1, le=100_000,
                                    description="Instances per scrub task; empty: automatic (500 in threads, 1 250 in "
                                                "worker processes or on Dask, where a task run costs about 0.1 s; "
-                                               "a smaller run gets an even share per local process)")
+                                               "a smaller run gets an even share per worker)")
     byte_budget: int | None = Field(None, ge=0, description="Stop (or suspend) after writing this many bytes")
     sync: bool = Field(True, description="Flush each batch to disk before recording it (off: safe against "
                                          "process kills, not against power loss)")

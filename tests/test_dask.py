@@ -32,9 +32,23 @@ def test_dask_cluster_output_identical_to_single_process(tmp_path, cli_env):
             # the batch tasks really ran on the cluster's workers
             processed = client.run(lambda dask_worker: len(dask_worker.data) + dask_worker.state.executed_count)
             assert sum(processed.values()) > 0
+            # without a batch size, a run smaller than a batch per worker gives each of the 2 workers
+            # an even share: 2 inspection and 2 scrub tasks of 30 instances (1 and 1 of 60 before)
+            before = client.run(_executed)
+            small = run_json(["run", str(src), str(tmp_path / "dask-even"), "--state-dir", str(tmp_path / "s3"),
+                              "--dask-address", cluster.scheduler_address], cli_env)
+            after = client.run(_executed)
+            ran = {w: after[w] - before[w] for w in after}
+            assert sum(ran.values()) == 4, ran
+            assert all(n > 0 for n in ran.values()), ran  # both workers took a share
+            assert small["exported"] == 60 and small["batch_tasks"] == "dask (2 workers)"
     finally:
         cluster.close()
-    assert _files(tmp_path / "single") == _files(tmp_path / "dask")
+    assert _files(tmp_path / "single") == _files(tmp_path / "dask") == _files(tmp_path / "dask-even")
+
+
+def _executed(dask_worker) -> int:
+    return dask_worker.state.executed_count
 
 
 def test_process_pool_output_identical(tmp_path, cli_env):
@@ -77,7 +91,8 @@ def test_automatic_worker_processes(monkeypatch):
 def test_small_runs_give_each_worker_process_an_even_batch():
     """A process pool starts a process only when a task finds none idle: fewer batches than
     processes would leave some to start later, one after another. Below a full batch per process,
-    each gets an even share (rounded up); threads and Dask (1) keep the size."""
+    each gets an even share (rounded up); threads (1) keep the size. On Dask, ``processes`` is the
+    cluster's worker count (tested on a LocalCluster above)."""
     from medanon.pipeline import even_share, inspection_plan, scrub_batch_size
 
     assert even_share(1250, 2000, 2) == 1000 and even_share(5000, 2000, 2) == 1000
@@ -91,5 +106,5 @@ def test_small_runs_give_each_worker_process_an_even_batch():
     # in threads one at a time (the GIL; from S3 the task overlaps its own GETs)
     assert inspection_plan(1250, False, 4, 20000, 2) == (5000, 4)
     assert inspection_plan(1250, False, 4, 2000, 2) == (1000, 4)
-    assert inspection_plan(1250, False, 4, 2000, 1) == (5000, 4)  # Dask: no local processes
+    assert inspection_plan(1250, False, 4, 2000, 1) == (5000, 4)  # one worker process or Dask worker
     assert inspection_plan(500, True, 4, 2000) == (2000, 1)
