@@ -110,7 +110,7 @@ def batch_spread(runner, req: RunRequest, processes: int) -> int:
 
 def _runner_name(req: RunRequest, spread: int) -> str:
     if req.dask_address:
-        return f"dask ({spread} workers)"
+        return f"dask ({spread} worker{'s' * (spread != 1)})"
     return f"{spread} processes" if spread > 1 else "threads"
 
 
