@@ -257,11 +257,14 @@ def _budgeted_stage(runner, task, cfg: WorkerConfig, store: StateStore, req: Run
     """Run numbered batches of a worker task against the target; True when the target filled up.
 
     With a byte budget, each batch is given what is left of it after the bytes the ledger says
-    this target already holds and the estimated size (``item[size_at]``) of batches in flight.
+    this target already holds and the estimated size (``item[size_at]``) of batches in flight. The
+    ledger is summed once, as the stage starts, then kept up to date from the batches' results (the
+    sum reads every exported row: once per batch, it would make a run of tens of millions quadratic).
     ``flush`` (from ``flush_in_flow``), when not None, makes a batch that wrote durable before it is
     recorded."""
     full = {"hit": False}
     in_flight: dict[int, int] = {}
+    held = {"bytes": store.target_bytes(cfg.target) if req.byte_budget is not None else 0}
 
     def budgeted():
         for n, b in enumerate(batches, start=1):
@@ -269,7 +272,7 @@ def _budgeted_stage(runner, task, cfg: WorkerConfig, store: StateStore, req: Run
                 return
             left = None
             if req.byte_budget is not None:
-                left = req.byte_budget - store.target_bytes(cfg.target) - sum(in_flight.values())
+                left = req.byte_budget - held["bytes"] - sum(in_flight.values())
                 if left <= 0:
                     full["hit"] = True
                     return
@@ -285,7 +288,8 @@ def _budgeted_stage(runner, task, cfg: WorkerConfig, store: StateStore, req: Run
         in_flight.pop(n, None)
         if flush is not None:
             flush(result)
-        on_result(n, result)
+        on_result(n, result)  # records the batch's outputs in the ledger (status done, out_size)
+        held["bytes"] += sum(row["size"] for row in result["outputs"].values())
         full["hit"] |= result["target_full"]
 
     _run_waves(budgeted(), submit, handle, req.max_in_flight)

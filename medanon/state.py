@@ -36,7 +36,9 @@ CREATE TABLE IF NOT EXISTS files (
     UNIQUE (source, relpath)
 );
 CREATE INDEX IF NOT EXISTS files_status ON files (source, status);
-CREATE INDEX IF NOT EXISTS files_study ON files (study_uid);
+-- files not yet inspected, in id order: each inspection page starts where the last one ended,
+-- instead of sorting every file of the source again (quadratic at tens of millions)
+CREATE INDEX IF NOT EXISTS files_uninspected ON files (source) WHERE kind IS NULL;
 CREATE INDEX IF NOT EXISTS files_out ON files (out_relpath);
 CREATE TABLE IF NOT EXISTS crosswalk (
     kind TEXT NOT NULL, original TEXT NOT NULL, pseudonym TEXT NOT NULL,
@@ -46,8 +48,16 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, started REAL, finished REAL, summary TEXT
 );
-CREATE INDEX IF NOT EXISTS files_accession ON files (source, accession);
-CREATE INDEX IF NOT EXISTS files_patient_date ON files (source, patient_id, study_date);
+-- pairing looks files up by study, accession, or patient and date, always within one source. The
+-- selective column leads: a source holds (nearly) every file, and with source first SQLite, having
+-- no statistics, took any of these indexes for any of these lookups and read all of the source's
+-- files for each report (the indexes of earlier versions are replaced)
+DROP INDEX IF EXISTS files_study;
+DROP INDEX IF EXISTS files_accession;
+DROP INDEX IF EXISTS files_patient_date;
+CREATE INDEX IF NOT EXISTS files_by_study ON files (study_uid, source);
+CREATE INDEX IF NOT EXISTS files_by_accession ON files (accession, source);
+CREATE INDEX IF NOT EXISTS files_by_patient_date ON files (patient_id, study_date, source);
 -- reports paired with a study (files.kind='report'; status new -> paired -> done | quarantined)
 CREATE TABLE IF NOT EXISTS reports (
     file_id INTEGER PRIMARY KEY,  -- files.id of the report

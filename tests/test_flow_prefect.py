@@ -365,3 +365,81 @@ def test_a_small_run_on_worker_processes_gives_each_process_a_batch(harness, tmp
                            if t.flow_run_id == thread_run and t.name.startswith("inspect-batch-"))
     assert second[0] >= first[1]
     assert _tree(tmp_path / "even") == _tree(tmp_path / "given") == _tree(tmp_path / "thread")
+
+
+class _RecordingDb:
+    """A state store connection that notes each statement with its first parameters."""
+
+    def __init__(self, db, log):
+        self._db, self._log = db, log
+
+    def execute(self, sql, params=()):
+        self._log.append((sql, tuple(params)))
+        return self._db.execute(sql, params)
+
+    def executemany(self, sql, rows):
+        rows = list(rows)
+        if rows:
+            self._log.append((sql, tuple(rows[0]) if not isinstance(rows[0], dict) else rows[0]))
+        return self._db.executemany(sql, rows)
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
+
+
+def _reads_all(step: str) -> bool:
+    """A query plan step that reads a whole table or index, or all of a source's files (a search
+    constrained by source, status or kind only), rather than a batch's, a file's or a study's rows."""
+    import re
+
+    if step.startswith("SCAN"):
+        return True
+    found = re.match(r"SEARCH (\w+) .*\((.*)\)$", step)
+    return bool(found) and found[1] == "files" and set(re.findall(r"(\w+)\s*[=<>]", found[2])) <= {
+        "source", "status", "kind"}
+
+
+def test_state_queries_repeated_per_batch_use_an_index(harness, tmp_path, monkeypatch):
+    """At tens of millions of files, a statement the flow runs once per batch (or per file) must find
+    its rows through an index: a full scan or a sort of the table each time makes the run quadratic.
+    Batches of 2 on the sample archive (reports, pairing, quarantine, a byte budget) repeat every such
+    statement; those run at least 3 times must not read a whole table or all of a source's files
+    (a sort of the few rows found, as for a study's instances, is fine). Statements run once per run
+    (counts, the manifest) may read the whole table."""
+    import sqlite3
+
+    from flows.anonymize import anonymize
+    from medanon import state
+    from medanon.request import RunRequest
+
+    monkeypatch.setenv("MEDANON_KEY", TEST_KEY)
+    log: list = []
+    real_init = state.StateStore.__init__
+
+    def recording_init(self, state_dir):
+        real_init(self, state_dir)
+        self.db = _RecordingDb(self.db, log)
+
+    monkeypatch.setattr(state.StateStore, "__init__", recording_init)
+    src = tmp_path / "archive"
+    build_sample_archive(src)
+    summary = anonymize(RunRequest(source=str(src), target=str(tmp_path / "out"), state_dir=str(tmp_path / "st"),
+                                   label="plans", batch_size=2, byte_budget=10**12))
+    assert summary["exported"] == 16 and summary["reports_exported"] == 4
+    runs: dict = {}
+    for sql, params in log:
+        runs.setdefault(sql, params)
+    counts = {sql: sum(1 for s, _ in log if s == sql) for sql in runs}
+    db = sqlite3.connect(tmp_path / "st" / state.DB_NAME)
+    checked, bad = 0, {}
+    for sql, params in runs.items():
+        if counts[sql] < 3 or not sql.lstrip().upper().startswith(("SELECT", "UPDATE", "INSERT", "DELETE")):
+            continue
+        named = isinstance(params, dict)
+        plan = [row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql, params if named else tuple(params))]
+        checked += 1
+        if any(_reads_all(step) for step in plan):
+            bad[" ".join(sql.split())] = plan
+    db.close()
+    assert checked >= 8  # the per-batch statements really were exercised
+    assert not bad, "\n".join(f"{k}: {v}" for k, v in bad.items())
