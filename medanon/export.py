@@ -6,6 +6,9 @@ import csv
 import hashlib
 import io
 import json
+import os
+import tempfile
+from typing import Iterator
 
 from .state import StateStore
 
@@ -23,19 +26,44 @@ def record_batch(store: StateStore, target_url: str, result: dict) -> dict:
             "quarantined": len(result["quarantined"]), "bytes_out": result["bytes_out"]}
 
 
-def manifest_bytes(store: StateStore, target_url: str) -> bytes:
+MANIFEST_BLOCK_ROWS = 1000  # about 0.3 MB of CSV (a StringIO holds 4 bytes a character while it grows)
+
+
+def manifest_blocks(store: StateStore, target_url: str) -> Iterator[bytes]:
+    """The manifest as UTF-8 CSV, header first, in blocks of up to ``MANIFEST_BLOCK_ROWS`` rows."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
+    pending = 0
     for row in store.exported_rows(target_url):
         info = json.loads(row["out_info"] or "{}")
         if info:
             w.writerow(info)
-    return buf.getvalue().encode("utf-8")
+            pending += 1
+        if pending >= MANIFEST_BLOCK_ROWS:
+            yield buf.getvalue().encode("utf-8")
+            buf.seek(0)
+            buf.truncate()
+            pending = 0
+    yield buf.getvalue().encode("utf-8")
 
 
 def write_manifest(store: StateStore, target) -> int:
-    data = manifest_bytes(store, target.url)
-    put = getattr(target, "put_reserved", target.put_bytes)
-    put(MANIFEST_NAME, data, hashlib.sha256(data).hexdigest())
-    return data.count(b"\n") - 1
+    """Publish ``manifest.csv`` at the target's root; returns its row count.
+
+    At tens of millions of instances the manifest runs to gigabytes, so it is never held in memory:
+    the rows stream from the ledger into a private temporary file in the state directory, hashed as
+    they go, and the target copies that file (a local target may use its reserve for it)."""
+    digest, lines = hashlib.sha256(), 0
+    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".csv", dir=store.dir)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for block in manifest_blocks(store, target.url):
+                digest.update(block)
+                lines += block.count(b"\n")
+                fh.write(block)
+        put = getattr(target, "put_reserved_file", target.put_file)
+        put(MANIFEST_NAME, tmp, digest.hexdigest())
+    finally:
+        os.unlink(tmp)
+    return lines - 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
@@ -139,11 +140,10 @@ class LocalTarget:
         try:
             if dest.stat().st_size != size:
                 return False
+            with open(dest, "rb") as fh:  # in blocks: an output (or the manifest) may be gigabytes
+                return hashlib.file_digest(fh, "sha256").hexdigest() == sha256
         except FileNotFoundError:
             return False
-        from .base import sha256_bytes
-
-        return sha256_bytes(dest.read_bytes()) == sha256
 
     def _write(self, relpath: str, size: int, sha256: str, writer, reserved: bool = False) -> bool:
         if self.exists_same(relpath, sha256, size):
@@ -188,18 +188,18 @@ class LocalTarget:
 
         return self._write(relpath, size, sha256, copy)
 
-    def put_reserved(self, relpath: str, data: bytes, sha256: str) -> bool:
-        """A small bookkeeping file (the manifest) that may use the reserve and is outside the budget."""
-        return self._write(relpath, len(data), sha256, lambda fh: fh.write(data), reserved=True)
-
-    def put_file(self, relpath: str, local_path: str, sha256: str) -> bool:
+    def put_file(self, relpath: str, local_path: str, sha256: str, reserved: bool = False) -> bool:
         size = os.path.getsize(local_path)
 
         def copy(fh):
             with open(local_path, "rb") as src:
                 shutil.copyfileobj(src, fh, 1 << 20)
 
-        return self._write(relpath, size, sha256, copy)
+        return self._write(relpath, size, sha256, copy, reserved=reserved)
+
+    def put_reserved_file(self, relpath: str, local_path: str, sha256: str) -> bool:
+        """A bookkeeping file (the manifest) that may use the reserve and is outside the budget."""
+        return self.put_file(relpath, local_path, sha256, reserved=True)
 
     def sync(self) -> None:
         """Make everything written so far durable (called once per batch)."""
