@@ -10,9 +10,12 @@ the state store (that task never persists its result).
 
 from __future__ import annotations
 
+import contextlib
 import io
+import itertools
 import os
-from typing import ClassVar, Literal
+from collections import deque
+from typing import Callable, ClassVar, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretBytes, field_serializer
 
@@ -240,6 +243,41 @@ class BatchIncomplete(Exception):
         return (BatchIncomplete, (self.result,))
 
 
+REMOTE_READS_AHEAD = 4  # objects a scrub task downloads ahead from an S3 source (each spooled in memory to 64 MiB)
+
+
+def _opened_in_turn(source, items: list[tuple], ahead: int) -> Iterator[tuple[tuple, Callable]]:
+    """(item, open) for each (file_id, relpath, out_relpath, token) in order, where ``open()`` gives
+    the item's source stream or raises what ``source.open`` raised.
+
+    With ``ahead`` > 1 the next ``ahead`` items are downloaded in threads while the current one is
+    scrubbed (from an S3 source a download is a round trip, or several, plus the transfer; one after
+    another, the task would mostly wait). Close the generator when done: streams downloaded but not
+    used (a full target ends the batch) are then closed, and downloads not started are cancelled."""
+    if ahead <= 1:
+        for item in items:
+            yield item, (lambda item=item: source.open(item[1], item[3]))
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(ahead, thread_name_prefix="medanon-read")
+    rest = iter(items)
+    window = deque((item, pool.submit(source.open, item[1], item[3])) for item in itertools.islice(rest, ahead))
+    try:
+        while window:
+            item, download = window.popleft()
+            for following in itertools.islice(rest, 1):
+                window.append((following, pool.submit(source.open, following[1], following[3])))
+            yield item, download.result
+    finally:
+        for _, download in window:
+            download.cancel()
+        pool.shutdown(wait=True)
+        for _, download in window:
+            if not download.cancelled() and download.exception() is None:
+                download.result().close()
+
+
 def scrub_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple[int, str, str, str]]) -> dict:
     """items: (file_id, source relpath, out relpath, listed token). Returns a PHI-free summary.
 
@@ -258,38 +296,40 @@ def scrub_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple[int, str, st
 
     result = {"batch": batch_no, "exported": 0, "skipped_identical": 0, "bytes_out": 0,
               "quarantined": {}, "outputs": {}, "target_full": False, "pending": []}
-    for n, (file_id, relpath, out_rel, token) in enumerate(items):
-        try:
-            with source.open(relpath, token) as raw_fh:
-                size = raw_fh.seek(0, io.SEEK_END)
-                fh = in_memory(raw_fh, size)
-                try:
-                    out = fastpath.deidentify_file(fh, size, scrub, scrubber.keeps_as_read, memo)
-                except OSError:
-                    raise
-                except Exception:  # noqa: BLE001 - never crash, never echo a value
-                    result["quarantined"][file_id] = "scrub-error"
-                    continue
-                written = fastpath.write(target, out_rel, out)
-        except TargetFull:
-            result["target_full"] = True
-            result["pending"] = [i[0] for i in items[n:]]
-            break
-        except EntryChanged:  # not the version discovery classified and remap planned
-            result["quarantined"][file_id] = "changed"
-            continue
-        except StorageError:
-            result["quarantined"][file_id] = "write-error"
-            continue
-        except OSError:
-            result["quarantined"][file_id] = "read-error"
-            continue
-        if written:
-            result["exported"] += 1
-            result["bytes_out"] += out.size
-        else:
-            result["skipped_identical"] += 1
-        result["outputs"][file_id] = manifest_info(out, out_rel)
+    ahead = REMOTE_READS_AHEAD if cfg.source.startswith("s3://") else 1
+    with contextlib.closing(_opened_in_turn(source, items, ahead)) as in_turn:
+        for n, ((file_id, relpath, out_rel, token), opened) in enumerate(in_turn):
+            try:
+                with opened() as raw_fh:
+                    size = raw_fh.seek(0, io.SEEK_END)
+                    fh = in_memory(raw_fh, size)
+                    try:
+                        out = fastpath.deidentify_file(fh, size, scrub, scrubber.keeps_as_read, memo)
+                    except OSError:
+                        raise
+                    except Exception:  # noqa: BLE001 - never crash, never echo a value
+                        result["quarantined"][file_id] = "scrub-error"
+                        continue
+                    written = fastpath.write(target, out_rel, out)
+            except TargetFull:
+                result["target_full"] = True
+                result["pending"] = [i[0] for i in items[n:]]
+                break
+            except EntryChanged:  # not the version discovery classified and remap planned
+                result["quarantined"][file_id] = "changed"
+                continue
+            except StorageError:
+                result["quarantined"][file_id] = "write-error"
+                continue
+            except OSError:
+                result["quarantined"][file_id] = "read-error"
+                continue
+            if written:
+                result["exported"] += 1
+                result["bytes_out"] += out.size
+            else:
+                result["skipped_identical"] += 1
+            result["outputs"][file_id] = manifest_info(out, out_rel)
     if cfg.sync:
         make_durable(target, result)  # before the flow records the batch in the ledger
     return result

@@ -594,3 +594,77 @@ def test_scrub_reads_only_the_listed_version(moto_s3, tmp_path):
     result = scrub_batch(cfg, 1, items)
     assert result["quarantined"] == {1: "changed"} and result["exported"] == 1
     assert sorted(p.name for p in (tmp_path / "out" / "a").iterdir()) == ["2.dcm"]
+
+
+def test_a_scrub_task_downloads_the_next_objects_while_it_scrubs(moto_s3, tmp_path, monkeypatch):
+    """From an S3 source, scrub_batch downloads the next REMOTE_READS_AHEAD objects in threads while
+    it scrubs the current one: with a 50 ms round trip the downloads overlap, and the outputs, the
+    summary and the quarantine are the same as one download at a time, in the same order. An object
+    changed since listing is quarantined as 'changed' either way. A full target ends the batch with
+    every stream downloaded ahead closed and the downloads not started cancelled."""
+    from pydicom.data import get_testdata_file
+
+    from medanon import pipeline
+    from medanon.profile import get_profile
+
+    bodies = [Path(get_testdata_file(name)).read_bytes() for name in ("CT_small.dcm", "MR_small.dcm")]
+    c = raw_client(moto_s3)
+    for k in range(12):
+        c.put_object(Bucket=BUCKET, Key=f"ahead/{PHI}/{k:02d}.dcm", Body=bodies[k % 2])
+    url = f"s3://{BUCKET}/ahead"
+    source = open_source(url, endpoint_url=moto_s3.endpoint_url)
+    items = [(i, e.relpath, f"out/{i:02d}.dcm", e.token) for i, e in enumerate(sorted(
+        source.iter_entries(), key=lambda e: e.relpath))]
+    c.put_object(Bucket=BUCKET, Key=f"ahead/{PHI}/07.dcm", Body=bodies[0])  # changed since listing
+
+    state = {"now": 0, "most": 0}
+    opened = []
+    lock = threading.Lock()
+    real_download, real_open = S3Source._download, S3Source.open
+
+    def slow(self, key, sink, etag=None):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        try:
+            time.sleep(0.05)  # a round trip to a distant endpoint
+            return real_download(self, key, sink, etag)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    def recorded_open(self, relpath, token=None):
+        fh = real_open(self, relpath, token)
+        opened.append(fh)
+        return fh
+
+    monkeypatch.setattr(S3Source, "_download", slow)
+    monkeypatch.setattr(S3Source, "open", recorded_open)
+
+    def run(name: str, **extra):
+        cfg = pipeline.WorkerConfig(source=url, target=str(tmp_path / name), profile=get_profile("research"),
+                                    key=b"k" * 32, source_options={"endpoint_url": moto_s3.endpoint_url}, **extra)
+        return pipeline.scrub_batch(cfg, 1, items)
+
+    ahead = run("ahead")
+    assert state["most"] > 1
+    monkeypatch.setattr(pipeline, "REMOTE_READS_AHEAD", 1)
+    state["most"] = 0
+    one = run("one")
+    assert state["most"] == 1
+    assert ahead == one
+    assert ahead["quarantined"] == {7: "changed"} and ahead["exported"] == 11
+    assert _tree(tmp_path / "ahead") == _tree(tmp_path / "one")
+    assert all(fh.closed for fh in opened)
+
+    # a full target: the batch stops, and nothing downloaded ahead stays open
+    monkeypatch.setattr(pipeline, "REMOTE_READS_AHEAD", 4)
+    opened.clear()
+    size = len(bodies[0])
+    full = run("full", byte_budget=3 * size)
+    assert full["target_full"] and 0 < full["exported"] < 6 and full["pending"]
+    assert 0 < len(opened) < len(items) and all(fh.closed for fh in opened)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
