@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""Reading from an S3 source at a distance: one inspection task and one scrub task, with each
+request's round trip lengthened by a set delay, reading one object at a time or overlapping.
+
+No remote endpoint is reachable from the machines this was written on, so the delay is simulated:
+the tests' moto server runs on 127.0.0.1 (its own latency is about 5 ms a request on 2 cores), and
+every ranged GET (inspection) and whole-object download (scrub) sleeps ``--rtt`` ms before it is
+sent. The archive is N copies of pydicom-data's 512x512 CT (``bench.build_archive``), uploaded once.
+
+    python bench/s3_latency.py [--n 200] [--rtt 0 --rtt 10 --rtt 30] [--json]
+
+For each delay it times ``inspect_batch`` with 1 and ``REMOTE_HEADER_READS`` headers at once, and
+``scrub_batch`` (to a local target) with 1 and ``REMOTE_READS_AHEAD`` downloads at once, and checks
+that each pair gives the same result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+BUCKET = "medanon-bench"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=200, help="CT instances in the bucket")
+    ap.add_argument("--rtt", type=float, action="append", help="ms added to each request (repeatable)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    delays = args.rtt if args.rtt is not None else [0.0, 10.0, 30.0]
+
+    from s3server import DUMMY_ENV, MotoS3Server
+    os.environ.update(DUMMY_ENV)
+    import boto3
+
+    import bench
+    from medanon import pipeline
+    from medanon.profile import get_profile
+    from medanon.storage.s3 import S3Source
+
+    work = Path(tempfile.mkdtemp(prefix="medanon-s3-latency-"))
+    results = []
+    try:
+        bench.build_archive(work / "src", args.n)
+        files = sorted(p for p in (work / "src").rglob("*") if p.is_file())
+        with MotoS3Server(buckets=[BUCKET], log_path=str(work / "moto.log")) as srv:
+            c = boto3.client("s3", endpoint_url=srv.endpoint_url, region_name="us-east-1")
+            for i, p in enumerate(files):
+                c.put_object(Bucket=BUCKET, Key=f"a/{i:06d}.dcm", Body=p.read_bytes())
+
+            def cfg(target: str):
+                return pipeline.WorkerConfig(source=f"s3://{BUCKET}/a", target=target, profile=get_profile("research"),
+                                             key=b"k" * 32, source_options={"endpoint_url": srv.endpoint_url})
+
+            entries = [(i, e.relpath, e.size, e.token) for i, e in enumerate(cfg(str(work)).open_source().iter_entries())]
+            items = [(i, rel, f"out/{i:06d}.dcm", tok) for i, rel, _, tok in entries]
+            pipeline.inspect_batch(cfg(str(work)), entries[:20])  # warm-up (imports, connections), untimed
+            pipeline.scrub_batch(cfg(str(work / "warm")), 1, items[:20])
+            real_range, real_download = S3Source._get_range, S3Source._download
+            headers_at_once, ahead = pipeline.REMOTE_HEADER_READS, pipeline.REMOTE_READS_AHEAD
+            for rtt in delays:
+                S3Source._get_range = lambda self, *a, _r=rtt: (time.sleep(_r / 1000), real_range(self, *a))[1]
+                S3Source._download = lambda self, *a, _r=rtt: (time.sleep(_r / 1000), real_download(self, *a))[1]
+                row = {"rtt_ms": rtt}
+                seen = {}
+                for k in (1, headers_at_once):
+                    pipeline.REMOTE_HEADER_READS = k
+                    t = time.perf_counter()
+                    seen[k] = [(i, it.as_row()) for i, it in pipeline.inspect_batch(cfg(str(work)), entries)]
+                    row[f"inspect_{k}_s"] = round(time.perf_counter() - t, 2)
+                assert seen[1] == seen[headers_at_once]
+                done = {}
+                for k in (1, ahead):
+                    pipeline.REMOTE_READS_AHEAD = k
+                    out = work / f"out-{k}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    t = time.perf_counter()
+                    done[k] = pipeline.scrub_batch(cfg(str(out)), 1, items)
+                    row[f"scrub_{k}_s"] = round(time.perf_counter() - t, 2)
+                    shutil.rmtree(out, ignore_errors=True)
+                assert done[1] == done[ahead] and done[1]["exported"] == len(items)
+                pipeline.REMOTE_HEADER_READS, pipeline.REMOTE_READS_AHEAD = headers_at_once, ahead
+                print(f"rtt {rtt:g} ms: {row}", file=sys.stderr, flush=True)
+                results.append(row)
+            S3Source._get_range, S3Source._download = real_range, real_download
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        print(json.dumps({"n": args.n, "cpus": os.cpu_count(), "results": results}, indent=1))
+    else:
+        h, a = pipeline.REMOTE_HEADER_READS, pipeline.REMOTE_READS_AHEAD
+        print(f"{args.n} CT instances from moto on 127.0.0.1, seconds for one task:")
+        print(f"{'added ms/request':>17} {'inspect x1':>11} {'inspect x' + str(h):>11} {'scrub x1':>9} "
+              f"{'scrub x' + str(a):>9}")
+        for r in results:
+            print(f"{r['rtt_ms']:>17g} {r['inspect_1_s']:>11} {r[f'inspect_{h}_s']:>11} {r['scrub_1_s']:>9} "
+                  f"{r[f'scrub_{a}_s']:>9}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
