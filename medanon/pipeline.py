@@ -61,6 +61,12 @@ class WorkerConfig(BaseModel):
     def open_source(self):
         return open_source(self.source, **self.source_options)
 
+    @property
+    def remote_source(self) -> bool:
+        """A bucket source: each read is a round trip, so a batch task overlaps its reads
+        (``inspect_batch``, ``scrub_batch``)."""
+        return self.source.startswith("s3://")
+
     def open_target(self, byte_budget: int | None = None):
         """The target, with ``byte_budget`` (default: this config's)."""
         return open_target(self.target, byte_budget=self.byte_budget if byte_budget is None else byte_budget,
@@ -127,7 +133,7 @@ def inspect_batch(cfg: WorkerConfig, entries: list[tuple]) -> list[tuple[int, In
         file_id, relpath, size, token = entry
         return file_id, inspect_entry(source, SourceEntry(relpath, size, token), sniffer, memo)
 
-    if not cfg.source.startswith("s3://") or len(entries) < 2:
+    if not cfg.remote_source or len(entries) < 2:
         return [one(entry) for entry in entries]
     from concurrent.futures import ThreadPoolExecutor
 
@@ -296,7 +302,7 @@ def scrub_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple[int, str, st
 
     result = {"batch": batch_no, "exported": 0, "skipped_identical": 0, "bytes_out": 0,
               "quarantined": {}, "outputs": {}, "target_full": False, "pending": []}
-    ahead = REMOTE_READS_AHEAD if cfg.source.startswith("s3://") else 1
+    ahead = REMOTE_READS_AHEAD if cfg.remote_source else 1
     with contextlib.closing(_opened_in_turn(source, items, ahead)) as in_turn:
         for n, ((file_id, relpath, out_rel, token), opened) in enumerate(in_turn):
             try:

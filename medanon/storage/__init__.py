@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from .base import EntryChanged, SourceEntry, StorageError, Target, TargetFull, Source, sha256_bytes
+from .base import EntryChanged, SourceEntry, StorageError, Target, TargetFull, Source
 from .local import LocalSource, LocalTarget
 
 __all__ = [
-    "EntryChanged", "SourceEntry", "StorageError", "Target", "TargetFull", "Source", "sha256_bytes",
+    "EntryChanged", "SourceEntry", "StorageError", "Target", "TargetFull", "Source",
     "LocalSource", "LocalTarget", "open_source", "open_target",
 ]
 

@@ -11,7 +11,6 @@ they never leave the hospital side (state store only).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator, Protocol, runtime_checkable
 
@@ -39,10 +38,6 @@ class SourceEntry:
     relpath: str  # POSIX-style path relative to the source root (may hold PHI)
     size: int
     token: str  # change token: mtime_ns for files, ETag for objects
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @runtime_checkable
