@@ -46,6 +46,11 @@ def run_json(args: list[str], env: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under ``root``: relative path -> bytes (to compare two outputs whole)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
 def source_instances(root: Path) -> dict[str, pydicom.Dataset]:
     out = {}
     for dirpath, _, files in os.walk(root):

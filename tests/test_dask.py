@@ -6,13 +6,9 @@ from __future__ import annotations
 import pytest
 
 from medanon.samples import build_series_archive
-from conftest import run_json
+from conftest import run_json, tree_bytes
 
 distributed = pytest.importorskip("distributed", reason="dask extra not installed")
-
-
-def _files(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 def test_dask_cluster_output_identical_to_single_process(tmp_path, cli_env):
@@ -44,7 +40,7 @@ def test_dask_cluster_output_identical_to_single_process(tmp_path, cli_env):
             assert small["exported"] == 60 and small["batch_tasks"] == "dask (2 workers)"
     finally:
         cluster.close()
-    assert _files(tmp_path / "single") == _files(tmp_path / "dask") == _files(tmp_path / "dask-even")
+    assert tree_bytes(tmp_path / "single") == tree_bytes(tmp_path / "dask") == tree_bytes(tmp_path / "dask-even")
 
 
 def _executed(dask_worker) -> int:
@@ -59,7 +55,7 @@ def test_process_pool_output_identical(tmp_path, cli_env):
     summary = run_json(["run", str(src), str(tmp_path / "many"), "--state-dir", str(tmp_path / "s2"),
                         "--batch-size", "10", "--workers", "2"], cli_env)
     assert summary["exported"] == 40
-    assert _files(tmp_path / "one") == _files(tmp_path / "many")
+    assert tree_bytes(tmp_path / "one") == tree_bytes(tmp_path / "many")
 
 
 def test_automatic_worker_processes(monkeypatch):

@@ -13,7 +13,7 @@ from prefect.client.orchestration import get_client
 from prefect.testing.utilities import prefect_test_harness
 
 from medanon.samples import PLANTED_PHI, build_sample_archive
-from conftest import TEST_KEY
+from conftest import TEST_KEY, tree_bytes
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +54,6 @@ def _task_counter():
     run_of = {f.id: f.name for f in flows}
     return lambda flow_name, prefix: sum(run_of.get(t.flow_run_id) == flow_name and t.name.startswith(prefix)
                                          for t in tasks)
-
-
-def _tree(root: Path) -> dict:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 def test_flow_run_names_artifacts_and_no_phi(harness, tmp_path, monkeypatch):
@@ -199,7 +195,7 @@ def test_automatic_workers_run_a_large_run_in_processes_with_the_same_output(har
         assert expected == min(pipeline.usable_cpus(), 4) and auto["batch_tasks"] == f"{expected} processes"
     assert threads["batch_tasks"] == "threads" and auto["exported"] == threads["exported"] == 40
 
-    assert _tree(tmp_path / "auto") == _tree(tmp_path / "threads")
+    assert tree_bytes(tmp_path / "auto") == tree_bytes(tmp_path / "threads")
 
     # header reads go in INSPECT_BATCH_FACTOR times bigger batches, in processes an even share each
     # when that leaves a process without one; scrubs keep the given batch size
@@ -332,7 +328,8 @@ def test_without_a_batch_size_worker_processes_get_bigger_batches(harness, tmp_p
     assert (count("anonymize-autosize", "scrub-batch-"), count("anonymize-autosize", "inspect-batch-")) == (2, 2)
     assert (count("anonymize-threadsize", "scrub-batch-"), count("anonymize-threadsize", "inspect-batch-")) == (4, 1)
 
-    assert _tree(tmp_path / "auto") == _tree(tmp_path / "threads") and len(_tree(tmp_path / "auto")) == 41
+    outputs = tree_bytes(tmp_path / "auto")
+    assert outputs == tree_bytes(tmp_path / "threads") and len(outputs) == 41
 
 
 def test_a_small_run_on_worker_processes_gives_each_process_a_batch(harness, tmp_path, monkeypatch):
@@ -364,7 +361,7 @@ def test_a_small_run_on_worker_processes_gives_each_process_a_batch(harness, tmp
     first, second = sorted((t.start_time, t.end_time) for t in tasks
                            if t.flow_run_id == thread_run and t.name.startswith("inspect-batch-"))
     assert second[0] >= first[1]
-    assert _tree(tmp_path / "even") == _tree(tmp_path / "given") == _tree(tmp_path / "thread")
+    assert tree_bytes(tmp_path / "even") == tree_bytes(tmp_path / "given") == tree_bytes(tmp_path / "thread")
 
 
 class _RecordingDb:

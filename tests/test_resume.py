@@ -15,11 +15,7 @@ import pydicom
 import pytest
 
 from medanon.samples import build_series_archive
-from conftest import ROOT, run_cli, run_json
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+from conftest import ROOT, run_cli, run_json, tree_bytes
 
 
 def _no_temp(root: Path) -> bool:
@@ -71,7 +67,7 @@ def test_sigkill_mid_export_then_rerun_equals_uninterrupted(big_archive, referen
     assert summary["exported"] + summary["skipped_existing"] + summary["skipped_identical"] == 400
     assert summary["skipped_existing"] > 0
     assert _no_temp(out)
-    assert _files(out) == _files(reference)
+    assert tree_bytes(out) == tree_bytes(reference)
 
 
 def _mount_tmpfs(path: Path, size: str) -> bool:
@@ -99,7 +95,7 @@ def test_disk_full_stops_cleanly_and_continues_on_a_second_target(tmp_path, cli_
         first = json.loads(proc.stdout.strip().splitlines()[-1])
         assert 0 < first["exported"] < 80 and first["remaining"] > 0
         assert _no_temp(small)
-        in_small = _files(small)
+        in_small = tree_bytes(small)
         for name, data in in_small.items():  # every visible file is complete
             if name.endswith(".dcm"):
                 pydicom.dcmread(small / name)
@@ -109,12 +105,12 @@ def test_disk_full_stops_cleanly_and_continues_on_a_second_target(tmp_path, cli_
         second = tmp_path / "second"
         summary = run_json(["run", str(src), str(second), "--state-dir", state, "--batch-size", "8"], cli_env)
         assert summary["exported"] == 80 - first["exported"]
-        in_second = _files(second)
+        in_second = tree_bytes(second)
         # the union equals a full run
         full = tmp_path / "full"
         run_json(["run", str(src), str(full), "--state-dir", str(tmp_path / "state-full")], cli_env)
         union = {k: v for k, v in {**in_small, **in_second}.items() if k.endswith(".dcm")}
-        assert union == {k: v for k, v in _files(full).items() if k.endswith(".dcm")}
+        assert union == {k: v for k, v in tree_bytes(full).items() if k.endswith(".dcm")}
         assert not set(k for k in in_small if k.endswith(".dcm")) & set(k for k in in_second if k.endswith(".dcm"))
     finally:
         subprocess.run(["umount", "-l", str(small)], capture_output=True)

@@ -604,6 +604,8 @@ def test_a_scrub_task_downloads_the_next_objects_while_it_scrubs(moto_s3, tmp_pa
     every stream downloaded ahead closed and the downloads not started cancelled."""
     from pydicom.data import get_testdata_file
 
+    from conftest import tree_bytes
+
     from medanon import pipeline
     from medanon.profile import get_profile
 
@@ -654,7 +656,7 @@ def test_a_scrub_task_downloads_the_next_objects_while_it_scrubs(moto_s3, tmp_pa
     assert state["most"] == 1
     assert ahead == one
     assert ahead["quarantined"] == {7: "changed"} and ahead["exported"] == 11
-    assert _tree(tmp_path / "ahead") == _tree(tmp_path / "one")
+    assert tree_bytes(tmp_path / "ahead") == tree_bytes(tmp_path / "one")
     assert all(fh.closed for fh in opened)
 
     # a full target: the batch stops, and nothing downloaded ahead stays open
@@ -665,6 +667,3 @@ def test_a_scrub_task_downloads_the_next_objects_while_it_scrubs(moto_s3, tmp_pa
     assert full["target_full"] and 0 < full["exported"] < 6 and full["pending"]
     assert 0 < len(opened) < len(items) and all(fh.closed for fh in opened)
 
-
-def _tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
