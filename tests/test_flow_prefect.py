@@ -404,6 +404,7 @@ def test_state_queries_repeated_per_batch_use_an_index(harness, tmp_path, monkey
     (a sort of the few rows found, as for a study's instances, is fine). Statements run once per run
     (counts, the manifest) may read the whole table."""
     import sqlite3
+    from collections import Counter
 
     from flows.anonymize import anonymize
     from medanon import state
@@ -426,7 +427,7 @@ def test_state_queries_repeated_per_batch_use_an_index(harness, tmp_path, monkey
     runs: dict = {}
     for sql, params in log:
         runs.setdefault(sql, params)
-    counts = {sql: sum(1 for s, _ in log if s == sql) for sql in runs}
+    counts = Counter(sql for sql, _ in log)
     db = sqlite3.connect(tmp_path / "st" / state.DB_NAME)
     checked, bad = 0, {}
     for sql, params in runs.items():
