@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS files (
     out_relpath TEXT, out_sha256 TEXT, out_size INTEGER, target TEXT,
     done_token TEXT,           -- size:token of the source when it was exported
     out_info TEXT,             -- PHI-free manifest row (JSON)
+    out_line TEXT,             -- the same row as its manifest.csv line (NULL in rows of earlier versions)
     UNIQUE (source, relpath)
 );
 CREATE INDEX IF NOT EXISTS files_status ON files (source, status);
@@ -45,6 +46,17 @@ CREATE TABLE IF NOT EXISTS crosswalk (
     first_run TEXT, PRIMARY KEY (kind, original)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- every change to the exported rows (any target) counts once: a run that changed none of them
+-- keeps the manifest it published last instead of building it again from every row
+INSERT OR IGNORE INTO meta VALUES ('ledger_changes', '0');
+CREATE TRIGGER IF NOT EXISTS ledger_row_added AFTER INSERT ON files WHEN NEW.status = 'done'
+BEGIN UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'ledger_changes'; END;
+CREATE TRIGGER IF NOT EXISTS ledger_row_changed
+AFTER UPDATE OF status, target, out_relpath, out_info, out_line ON files
+WHEN OLD.status = 'done' OR NEW.status = 'done'
+BEGIN UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'ledger_changes'; END;
+CREATE TRIGGER IF NOT EXISTS ledger_row_removed AFTER DELETE ON files WHEN OLD.status = 'done'
+BEGIN UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'ledger_changes'; END;
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, started REAL, finished REAL, summary TEXT
 );
@@ -99,6 +111,9 @@ class StateStore:
             self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+            columns = {r[1] for r in self.db.execute("PRAGMA table_info(files)")}
+            if columns and "out_line" not in columns:  # a store made by an earlier version
+                self.db.execute("ALTER TABLE files ADD COLUMN out_line TEXT")
             self.db.executescript(SCHEMA)
         finally:
             os.umask(old_umask)
@@ -250,13 +265,16 @@ class StateStore:
     def count(self, source: str, where: str = "1", params: tuple = ()) -> int:
         return self.db.execute(f"SELECT COUNT(*) FROM files WHERE source=? AND {where}", (source, *params)).fetchone()[0]
 
-    def mark_done(self, outputs: dict, target: str) -> None:
-        """outputs: file_id -> PHI-free manifest row with at least sha256 and size."""
+    def mark_done(self, outputs: dict, target: str, lines: dict | None = None) -> None:
+        """outputs: file_id -> PHI-free manifest row with at least sha256 and size; lines: file_id ->
+        the same row as its manifest line (else the manifest formats it from the row each time)."""
+        lines = lines or {}
         with self.tx() as db:
             db.executemany(
-                "UPDATE files SET status='done', out_sha256=?, out_size=?, target=?, out_info=?, "
+                "UPDATE files SET status='done', out_sha256=?, out_size=?, target=?, out_info=?, out_line=?, "
                 "done_token=size||':'||token WHERE id=?",
-                [(o["sha256"], o["size"], target, json.dumps(o), int(fid)) for fid, o in outputs.items()],
+                [(o["sha256"], o["size"], target, json.dumps(o), lines.get(fid), int(fid))
+                 for fid, o in outputs.items()],
             )
 
     def reasons(self, source: str, run_id: str | None = None) -> dict[str, int]:
@@ -269,10 +287,21 @@ class StateStore:
 
     def exported_rows(self, target: str) -> Iterator[sqlite3.Row]:
         yield from self.db.execute(
-            "SELECT out_relpath, out_info FROM files WHERE status='done' AND target=? "
+            "SELECT out_relpath, out_line, out_info FROM files WHERE status='done' AND target=? "
             "ORDER BY out_relpath",
             (target,),
         )
+
+    def ledger_changes(self) -> int:
+        """How many times an exported row has been added, changed or removed, in any target."""
+        return int(self.db.execute("SELECT value FROM meta WHERE key='ledger_changes'").fetchone()[0])
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     # ------------------------------------------------------------------ reports
     def reopen_unpaired_reports(self, source: str) -> None:

@@ -233,12 +233,12 @@ def test_the_ledger_records_a_batch_only_once_the_flow_has_flushed_it(harness, t
         if Path(self.root) == out:
             events["synced"] = max(events["synced"], done)
 
-    def spy_mark_done(self, outputs, target_url):
+    def spy_mark_done(self, outputs, target_url, lines=None):
         if outputs:
             events["recorded"] += len(outputs)
             if events["recorded"] > events["synced"]:
                 events["late"].append((events["recorded"], events["synced"]))
-        return real_mark_done(self, outputs, target_url)
+        return real_mark_done(self, outputs, target_url, lines)
 
     monkeypatch.setattr(LocalTarget, "sync", spy_sync)
     monkeypatch.setattr(StateStore, "mark_done", spy_mark_done)
@@ -441,3 +441,45 @@ def test_state_queries_repeated_per_batch_use_an_index(harness, tmp_path, monkey
     db.close()
     assert checked >= 8  # the per-batch statements really were exercised
     assert not bad, "\n".join(f"{k}: {v}" for k, v in bad.items())
+
+
+def test_an_incremental_run_that_finds_nothing_new_keeps_the_manifest(harness, tmp_path, monkeypatch):
+    """At tens of millions of instances building manifest.csv reads every exported row: a nightly run
+    that exported nothing keeps the manifest it published last (the target still holds its bytes);
+    a run that exports one more instance builds it again."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from flows.anonymize import anonymize
+    from medanon import export
+    from medanon.request import RunRequest
+
+    monkeypatch.setenv("MEDANON_KEY", TEST_KEY)
+    built: list = []
+    real = export.manifest_blocks
+
+    def counting(store, url):
+        built.append(url)
+        yield from real(store, url)
+
+    monkeypatch.setattr(export, "manifest_blocks", counting)
+    src, out = tmp_path / "archive", tmp_path / "out"
+    build_sample_archive(src)
+
+    def run():
+        return anonymize(RunRequest(source=str(src), target=str(out), state_dir=str(tmp_path / "st"), label="inc"))
+
+    first = run()
+    manifest = out / export.MANIFEST_NAME
+    published = (manifest.read_bytes(), manifest.stat().st_mtime_ns)
+    assert len(built) == 1 and first["exported"] >= 1
+    again = run()
+    assert again["exported"] == 0 and len(built) == 1
+    assert (manifest.read_bytes(), manifest.stat().st_mtime_ns) == published
+    (src / "later").mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), src / "later" / "new.dcm")
+    more = run()
+    assert more["exported"] == 1 and len(built) == 2
+    rows = manifest.read_text().splitlines()
+    assert len(rows) == len(published[0].decode().splitlines()) + 1
