@@ -67,6 +67,12 @@ class WorkerConfig(BaseModel):
         (``inspect_batch``, ``scrub_batch``)."""
         return self.source.startswith("s3://")
 
+    @property
+    def remote_target(self) -> bool:
+        """A bucket target: each write is a round trip or two (HEAD, PUT), so a scrub task overlaps
+        its writes of small instances (``scrub_batch``)."""
+        return self.target.startswith("s3://")
+
     def open_target(self, byte_budget: int | None = None):
         """The target, with ``byte_budget`` (default: this config's)."""
         return open_target(self.target, byte_budget=self.byte_budget if byte_budget is None else byte_budget,
@@ -284,11 +290,54 @@ def _opened_in_turn(source, items: list[tuple], ahead: int) -> Iterator[tuple[tu
                 download.result().close()
 
 
+REMOTE_WRITES_AT_ONCE = 4  # instances a scrub task uploads at once to an S3 target
+REMOTE_WRITE_OVERLAP_MAX = 8 << 20  # larger ones (multipart uploads: the transfer dominates) one at a time
+
+
+class _Uploads:
+    """The overlapped writes of a scrub batch to an S3 target: up to ``at_once`` small instances are
+    uploaded in threads while the next ones are read and scrubbed. Each write's outcome is given to
+    ``settle(n, item, outcome)`` (``outcome()`` returns it or raises what the write raised) in the
+    order the instances were submitted. Leaving the ``with`` waits for every write started."""
+
+    def __init__(self, target, at_once: int, settle: Callable):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.target, self.at_once, self.settle = target, at_once, settle
+        self.pool = ThreadPoolExecutor(at_once, thread_name_prefix="medanon-write")
+        self.window: deque = deque()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True)
+
+    def takes(self, out: fastpath.Deidentified) -> bool:
+        return out.parts is not None and out.size <= REMOTE_WRITE_OVERLAP_MAX
+
+    def submit(self, n: int, item: tuple, out: fastpath.Deidentified) -> None:
+        upload = self.pool.submit(lambda: (out, fastpath.write(self.target, item[2], out)))
+        self.window.append((n, item, upload))
+        while len(self.window) > self.at_once:  # at_once uploads go on while the next one is scrubbed
+            self.settle(*self._oldest())
+
+    def settle_all(self) -> None:
+        while self.window:
+            self.settle(*self._oldest())
+
+    def _oldest(self) -> tuple:
+        n, item, upload = self.window.popleft()
+        return n, item, upload.result
+
+
 def scrub_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple[int, str, str, str]]) -> dict:
     """items: (file_id, source relpath, out relpath, listed token). Returns a PHI-free summary.
 
-    Per-file failures become quarantine reasons; a full target stops the batch
-    and reports how far it got (``target_full``).
+    Per-file failures become quarantine reasons; a full target stops the batch and reports how far
+    it got (``target_full``; ``pending``: the file ids from the first refused write on that were not
+    written). From an S3 source the next objects are downloaded while one is scrubbed; to an S3
+    target, small instances are uploaded while the next ones are scrubbed (``_Uploads``).
     """
     from .scrub import Scrubber
 
@@ -302,40 +351,70 @@ def scrub_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple[int, str, st
 
     result = {"batch": batch_no, "exported": 0, "skipped_identical": 0, "bytes_out": 0,
               "quarantined": {}, "outputs": {}, "target_full": False, "pending": []}
-    ahead = REMOTE_READS_AHEAD if cfg.remote_source else 1
-    with contextlib.closing(_opened_in_turn(source, items, ahead)) as in_turn:
-        for n, ((file_id, relpath, out_rel, token), opened) in enumerate(in_turn):
+    full_at = len(items)  # the first item a full target refused
+
+    def settle(n: int, item: tuple, outcome: Callable[[], tuple | None]) -> None:
+        """Count one item's outcome: (out, written), None (nothing to count yet), or what it raised."""
+        nonlocal full_at
+        file_id = item[0]
+        try:
+            done = outcome()
+        except TargetFull:
+            result["target_full"] = True
+            full_at = min(full_at, n)
+            return
+        except EntryChanged:  # not the version discovery classified and remap planned
+            result["quarantined"][file_id] = "changed"
+            return
+        except StorageError:
+            result["quarantined"][file_id] = "write-error"
+            return
+        except OSError:
+            result["quarantined"][file_id] = "read-error"
+            return
+        if done is None:
+            return
+        out, written = done
+        if written:
+            result["exported"] += 1
+            result["bytes_out"] += out.size
+        else:
+            result["skipped_identical"] += 1
+        result["outputs"][file_id] = manifest_info(out, item[2])
+
+    def read_scrub_write(n: int, item: tuple, opened: Callable, uploads: _Uploads | None) -> tuple | None:
+        with opened() as raw_fh:
+            size = raw_fh.seek(0, io.SEEK_END)
+            fh = in_memory(raw_fh, size)
             try:
-                with opened() as raw_fh:
-                    size = raw_fh.seek(0, io.SEEK_END)
-                    fh = in_memory(raw_fh, size)
-                    try:
-                        out = fastpath.deidentify_file(fh, size, scrub, scrubber.keeps_as_read, memo)
-                    except OSError:
-                        raise
-                    except Exception:  # noqa: BLE001 - never crash, never echo a value
-                        result["quarantined"][file_id] = "scrub-error"
-                        continue
-                    written = fastpath.write(target, out_rel, out)
-            except TargetFull:
-                result["target_full"] = True
-                result["pending"] = [i[0] for i in items[n:]]
-                break
-            except EntryChanged:  # not the version discovery classified and remap planned
-                result["quarantined"][file_id] = "changed"
-                continue
-            except StorageError:
-                result["quarantined"][file_id] = "write-error"
-                continue
+                out = fastpath.deidentify_file(fh, size, scrub, scrubber.keeps_as_read, memo)
             except OSError:
-                result["quarantined"][file_id] = "read-error"
-                continue
-            if written:
-                result["exported"] += 1
-                result["bytes_out"] += out.size
-            else:
-                result["skipped_identical"] += 1
-            result["outputs"][file_id] = manifest_info(out, out_rel)
+                raise
+            except Exception:  # noqa: BLE001 - never crash, never echo a value
+                result["quarantined"][item[0]] = "scrub-error"
+                return None
+            if uploads is not None:
+                if uploads.takes(out):
+                    uploads.submit(n, item, out)  # its bytes are in memory: settled later, in turn
+                    return None
+                uploads.settle_all()  # a large one streams from the source now
+                if result["target_full"]:
+                    return None
+            return out, fastpath.write(target, item[2], out)
+
+    ahead = REMOTE_READS_AHEAD if cfg.remote_source else 1
+    overlap = cfg.remote_target and REMOTE_WRITES_AT_ONCE > 1
+    with contextlib.closing(_opened_in_turn(source, items, ahead)) as in_turn, \
+            (_Uploads(target, REMOTE_WRITES_AT_ONCE, settle) if overlap else contextlib.nullcontext()) as uploads:
+        for n, (item, opened) in enumerate(in_turn):
+            settle(n, item, lambda: read_scrub_write(n, item, opened, uploads))
+            if result["target_full"]:  # the batch ends at the first refused write
+                break
+        if uploads is not None:
+            uploads.settle_all()
+    if result["target_full"]:
+        result["pending"] = [i[0] for i in items[full_at:]
+                             if i[0] not in result["outputs"] and i[0] not in result["quarantined"]]
     if cfg.sync:
         make_durable(target, result)  # before the flow records the batch in the ledger
     return result

@@ -667,3 +667,86 @@ def test_a_scrub_task_downloads_the_next_objects_while_it_scrubs(moto_s3, tmp_pa
     assert full["target_full"] and 0 < full["exported"] < 6 and full["pending"]
     assert 0 < len(opened) < len(items) and all(fh.closed for fh in opened)
 
+
+
+def test_a_scrub_task_uploads_to_a_bucket_while_it_scrubs_the_next_instances(moto_s3, tmp_path, monkeypatch):
+    """To an S3 target, scrub_batch uploads up to REMOTE_WRITES_AT_ONCE small instances in threads
+    while it scrubs the next: with a 50 ms round trip the uploads overlap, and the summary (outputs in
+    the order of the items), the quarantine and the objects are those of one upload at a time. An
+    instance above REMOTE_WRITE_OVERLAP_MAX is written in turn, after the uploads before it. A full
+    target ends the batch: every item is then exported, quarantined or pending, the bucket holds
+    exactly the exported ones, and a second batch of the pending ones completes the same objects."""
+    from pydicom.data import get_testdata_file
+
+    from medanon import pipeline
+    from medanon.profile import get_profile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    bodies = [Path(get_testdata_file(name)).read_bytes() for name in ("CT_small.dcm", "MR_small.dcm")]
+    for k in range(14):
+        (src / f"{k:02d}.dcm").write_bytes(bodies[k % 4 != 0] if k != 9 else b"DICM" * 10)  # 9: not DICOM
+    items = [(k, f"{k:02d}.dcm", f"o/{k:02d}.dcm", None) for k in range(14)]
+    monkeypatch.setattr(pipeline, "REMOTE_WRITE_OVERLAP_MAX", 20_000)  # CT_small (39 kB) is written in turn
+
+    state = {"now": 0, "most": 0}
+    lock = threading.Lock()
+    real_put = S3Target._single_put
+
+    def slow_put(self, key, size, digest, opener):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        try:
+            time.sleep(0.05)  # a round trip to a distant endpoint
+            return real_put(self, key, size, digest, opener)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(S3Target, "_single_put", slow_put)
+
+    def run(prefix: str, batch=items, **extra):
+        cfg = pipeline.WorkerConfig(source=str(src), target=f"s3://{BUCKET}/{prefix}", profile=get_profile("research"),
+                                    key=b"k" * 32, target_options={"endpoint_url": moto_s3.endpoint_url}, **extra)
+        return pipeline.scrub_batch(cfg, 1, batch)
+
+    def objects(prefix: str) -> dict[str, bytes]:
+        c = raw_client(moto_s3)
+        found = c.list_objects_v2(Bucket=BUCKET, Prefix=prefix + "/").get("Contents", [])
+        return {o["Key"].split("/", 1)[1]: c.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read() for o in found}
+
+    at_once = run("at-once")
+    assert state["most"] > 1
+    monkeypatch.setattr(pipeline, "REMOTE_WRITES_AT_ONCE", 1)
+    state["most"] = 0
+    one = run("one")
+    assert state["most"] == 1
+    assert at_once == one and list(at_once["outputs"]) == list(one["outputs"]) == [k for k in range(14) if k != 9]
+    assert at_once["quarantined"] == {9: "scrub-error"}
+    assert at_once["exported"] == 13 and objects("at-once") == objects("one") and len(objects("one")) == 13
+
+    monkeypatch.setattr(pipeline, "REMOTE_WRITES_AT_ONCE", 4)
+    full = run("full", byte_budget=3 * len(bodies[0]))
+    ids = set(range(14))
+    exported, pending, quarantined = set(full["outputs"]), set(full["pending"]), set(full["quarantined"])
+    assert full["target_full"] and 0 < len(exported) < 13 and pending
+    assert exported | pending | quarantined == ids and not (exported & pending or exported & quarantined)
+    assert set(objects("full")) == {f"o/{k:02d}.dcm" for k in exported}  # nothing written unrecorded
+    rest = run("full", [i for i in items if i[0] in pending])
+    assert not rest["target_full"] and set(rest["outputs"]) | set(rest["quarantined"]) == pending
+    assert objects("full") == objects("one")
+
+    # the bucket refuses one upload for want of space (a quota) while the next ones, already under
+    # way, succeed: they are exported, not pending, and the batch ends at the refused one
+    def refusing_put(self, key, size, digest, opener):
+        if key.endswith("o/05.dcm"):
+            raise TargetFull(0, 0, "the storage refused the write (QuotaExceeded)")
+        return slow_put(self, key, size, digest, opener)
+
+    monkeypatch.setattr(S3Target, "_single_put", refusing_put)
+    refused = run("refused")
+    assert refused["target_full"] and list(refused["outputs"]) == [0, 1, 2, 3, 4, 6, 7]
+    assert refused["pending"] == [5, 8, 9, 10, 11, 12, 13]
+    assert objects("refused") == {k: v for k, v in objects("one").items() if k in {
+        f"o/{n:02d}.dcm" for n in refused["outputs"]}}
