@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Reading from an S3 source at a distance: one inspection task and one scrub task, with each
-request's round trip lengthened by a set delay, reading one object at a time or overlapping.
+"""An S3 source or target at a distance: one inspection task and one scrub task, with each
+request's round trip lengthened by a set delay, reading (or writing) one object at a time or
+overlapping.
 
 No remote endpoint is reachable from the machines this was written on, so the delay is simulated:
 the tests' moto server runs on 127.0.0.1 (its own latency is about 5 ms a request on 2 cores), and
@@ -9,9 +10,11 @@ sent. The archive is N copies of pydicom-data's 512x512 CT (``bench.build_archiv
 
     python bench/s3_latency.py [--n 200] [--rtt 0 --rtt 10 --rtt 30] [--json]
 
-For each delay it times ``inspect_batch`` with 1 and ``REMOTE_HEADER_READS`` headers at once, and
-``scrub_batch`` (to a local target) with 1 and ``REMOTE_READS_AHEAD`` downloads at once, and checks
-that each pair gives the same result.
+For each delay it times ``inspect_batch`` with 1 and ``REMOTE_HEADER_READS`` headers at once,
+``scrub_batch`` from the bucket to a local target with 1 and ``REMOTE_READS_AHEAD`` downloads at
+once, and ``scrub_batch`` from local disk to the bucket (a new prefix each time, so nothing is
+skipped as identical; the delay on each HEAD and PUT) with 1 and ``REMOTE_WRITES_AT_ONCE`` uploads
+at once, and checks that each pair gives the same result.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     import bench
     from medanon import pipeline
     from medanon.profile import get_profile
-    from medanon.storage.s3 import S3Source
+    from medanon.storage.s3 import S3Source, S3Target
 
     work = Path(tempfile.mkdtemp(prefix="medanon-s3-latency-"))
     results = []
@@ -64,12 +67,22 @@ def main(argv: list[str] | None = None) -> int:
                 return pipeline.WorkerConfig(source=f"s3://{BUCKET}/a", target=target, profile=get_profile("research"),
                                              key=b"k" * 32, source_options={"endpoint_url": srv.endpoint_url})
 
+            def to_bucket(prefix: str):
+                return pipeline.WorkerConfig(source=str(work / "src"), target=f"s3://{BUCKET}/{prefix}",
+                                             profile=get_profile("research"), key=b"k" * 32,
+                                             target_options={"endpoint_url": srv.endpoint_url})
+
             entries = [(i, e.relpath, e.size, e.token) for i, e in enumerate(cfg(str(work)).open_source().iter_entries())]
             items = [(i, rel, f"out/{i:06d}.dcm", tok) for i, rel, _, tok in entries]
+            local = [(i, e.relpath, f"out/{i:06d}.dcm", e.token)
+                     for i, e in enumerate(to_bucket("x").open_source().iter_entries())]
             pipeline.inspect_batch(cfg(str(work)), entries[:20])  # warm-up (imports, connections), untimed
             pipeline.scrub_batch(cfg(str(work / "warm")), 1, items[:20])
+            pipeline.scrub_batch(to_bucket("warm"), 1, local[:20])
             real_range, real_download = S3Source._get_range, S3Source._download
+            real_head, real_put = S3Target.exists_same, S3Target._single_put
             headers_at_once, ahead = pipeline.REMOTE_HEADER_READS, pipeline.REMOTE_READS_AHEAD
+            writes = pipeline.REMOTE_WRITES_AT_ONCE
             for rtt in delays:
                 S3Source._get_range = lambda self, *a, _r=rtt: (time.sleep(_r / 1000), real_range(self, *a))[1]
                 S3Source._download = lambda self, *a, _r=rtt: (time.sleep(_r / 1000), real_download(self, *a))[1]
@@ -91,7 +104,18 @@ def main(argv: list[str] | None = None) -> int:
                     row[f"scrub_{k}_s"] = round(time.perf_counter() - t, 2)
                     shutil.rmtree(out, ignore_errors=True)
                 assert done[1] == done[ahead] and done[1]["exported"] == len(items)
+                S3Target.exists_same = lambda self, *a, _r=rtt: (time.sleep(_r / 1000), real_head(self, *a))[1]
+                S3Target._single_put = lambda self, *a, _r=rtt: (time.sleep(_r / 1000), real_put(self, *a))[1]
+                wrote = {}
+                for k in (1, writes):
+                    pipeline.REMOTE_WRITES_AT_ONCE = k
+                    t = time.perf_counter()
+                    wrote[k] = pipeline.scrub_batch(to_bucket(f"w{k}-{rtt:g}"), 1, local)
+                    row[f"write_{k}_s"] = round(time.perf_counter() - t, 2)
+                assert wrote[1] == wrote[writes] and wrote[1]["exported"] == len(local)
+                S3Target.exists_same, S3Target._single_put = real_head, real_put
                 pipeline.REMOTE_HEADER_READS, pipeline.REMOTE_READS_AHEAD = headers_at_once, ahead
+                pipeline.REMOTE_WRITES_AT_ONCE = writes
                 print(f"rtt {rtt:g} ms: {row}", file=sys.stderr, flush=True)
                 results.append(row)
             S3Source._get_range, S3Source._download = real_range, real_download
@@ -100,13 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"n": args.n, "cpus": os.cpu_count(), "results": results}, indent=1))
     else:
-        h, a = pipeline.REMOTE_HEADER_READS, pipeline.REMOTE_READS_AHEAD
-        print(f"{args.n} CT instances from moto on 127.0.0.1, seconds for one task:")
+        h, a, w = pipeline.REMOTE_HEADER_READS, pipeline.REMOTE_READS_AHEAD, pipeline.REMOTE_WRITES_AT_ONCE
+        print(f"{args.n} CT instances, moto on 127.0.0.1, seconds for one task (inspect and scrub from the "
+              "bucket; write: scrub from local disk to the bucket):")
         print(f"{'added ms/request':>17} {'inspect x1':>11} {'inspect x' + str(h):>11} {'scrub x1':>9} "
-              f"{'scrub x' + str(a):>9}")
+              f"{'scrub x' + str(a):>9} {'write x1':>9} {'write x' + str(w):>9}")
         for r in results:
             print(f"{r['rtt_ms']:>17g} {r['inspect_1_s']:>11} {r[f'inspect_{h}_s']:>11} {r['scrub_1_s']:>9} "
-                  f"{r[f'scrub_{a}_s']:>9}")
+                  f"{r[f'scrub_{a}_s']:>9} {r['write_1_s']:>9} {r[f'write_{w}_s']:>9}")
     return 0
 
 
