@@ -51,6 +51,21 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
+def count_manifest_builds(monkeypatch) -> list:
+    """Records the target URL each time manifest.csv is built from the ledger (``manifest_blocks``)."""
+    from medanon import export
+
+    built: list = []
+    real = export.manifest_blocks
+
+    def counting(store, url):
+        built.append(url)
+        yield from real(store, url)
+
+    monkeypatch.setattr(export, "manifest_blocks", counting)
+    return built
+
+
 def source_instances(root: Path) -> dict[str, pydicom.Dataset]:
     out = {}
     for dirpath, _, files in os.walk(root):

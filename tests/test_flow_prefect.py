@@ -13,7 +13,7 @@ from prefect.client.orchestration import get_client
 from prefect.testing.utilities import prefect_test_harness
 
 from medanon.samples import PLANTED_PHI, build_sample_archive
-from conftest import TEST_KEY, tree_bytes
+from conftest import TEST_KEY, count_manifest_builds, tree_bytes
 
 
 @pytest.fixture(scope="module")
@@ -456,14 +456,7 @@ def test_an_incremental_run_that_finds_nothing_new_keeps_the_manifest(harness, t
     from medanon.request import RunRequest
 
     monkeypatch.setenv("MEDANON_KEY", TEST_KEY)
-    built: list = []
-    real = export.manifest_blocks
-
-    def counting(store, url):
-        built.append(url)
-        yield from real(store, url)
-
-    monkeypatch.setattr(export, "manifest_blocks", counting)
+    built = count_manifest_builds(monkeypatch)
     src, out = tmp_path / "archive", tmp_path / "out"
     build_sample_archive(src)
 

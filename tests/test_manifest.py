@@ -7,6 +7,7 @@ import sqlite3
 
 import pytest
 
+from conftest import count_manifest_builds
 from medanon import export
 from medanon.export import MANIFEST_NAME, record_batch, write_manifest
 from medanon.state import DB_NAME, StateStore
@@ -48,19 +49,6 @@ def ledger(tmp_path):
     store.close()
 
 
-def _builds(monkeypatch) -> list:
-    """Records each time the manifest is built from the ledger."""
-    built: list = []
-    real = export.manifest_blocks
-
-    def counting(store, url):
-        built.append(url)
-        yield from real(store, url)
-
-    monkeypatch.setattr(export, "manifest_blocks", counting)
-    return built
-
-
 def test_kept_lines_give_the_bytes_formatting_each_row_gives(ledger):
     """Rows recorded before the ledger kept lines (out_line NULL) are formatted from their JSON row;
     the manifest is the same bytes either way, header first, in path order."""
@@ -86,7 +74,7 @@ def test_kept_lines_give_the_bytes_formatting_each_row_gives(ledger):
 
 def test_a_manifest_is_kept_until_an_exported_row_changes(ledger, monkeypatch):
     store, target = ledger
-    built = _builds(monkeypatch)
+    built = count_manifest_builds(monkeypatch)
     manifest = target.root / MANIFEST_NAME
     assert write_manifest(store, target) == 40 and len(built) == 1
     first = manifest.read_bytes()
@@ -125,7 +113,7 @@ def test_a_new_manifest_format_drops_the_kept_lines(ledger, monkeypatch):
     old format: they are dropped once and the rows formatted again."""
     store, target = ledger
     write_manifest(store, target)
-    built = _builds(monkeypatch)
+    built = count_manifest_builds(monkeypatch)
     fields = export.MANIFEST_FIELDS[:-1]  # say the sha256 column went away
     monkeypatch.setattr(export, "MANIFEST_FIELDS", fields)
     monkeypatch.setattr(export, "MANIFEST_FORMAT", "next")

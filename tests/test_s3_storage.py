@@ -68,6 +68,44 @@ def fake_error(status: int, code: str):
     return AWSResponse("http://127.0.0.1/", status, {}, _Raw(body))
 
 
+class InFlight:
+    """Lengthens each call of ``cls.name`` by a round trip to a distant endpoint (50 ms) and records
+    how many calls were under way at once (``most``)."""
+
+    def __init__(self, monkeypatch, cls, name: str, delay: float = 0.05):
+        self.now = self.most = 0
+        lock = threading.Lock()
+        real = getattr(cls, name)
+
+        def slowed(*args, **kw):
+            with lock:
+                self.now += 1
+                self.most = max(self.most, self.now)
+            try:
+                time.sleep(delay)
+                return real(*args, **kw)
+            finally:
+                with lock:
+                    self.now -= 1
+
+        self.call = slowed
+        monkeypatch.setattr(cls, name, slowed)
+
+    def overlapped_then_one_at_a_time(self, monkeypatch, setting: str, run) -> tuple:
+        """``run()`` as configured, then with ``pipeline.<setting>`` at 1: both results, once the
+        calls were seen to overlap in the first and not in the second."""
+        from medanon import pipeline
+
+        self.most = 0
+        overlapped = run()
+        assert self.most > 1
+        monkeypatch.setattr(pipeline, setting, 1)
+        self.most = 0
+        one = run()
+        assert self.most == 1
+        return overlapped, one
+
+
 # -- basics ------------------------------------------------------------------
 def test_put_bytes_round_trip_and_idempotent_skip(moto_s3):
     t = target(moto_s3)
@@ -526,28 +564,9 @@ def test_an_inspection_task_overlaps_its_ranged_gets_from_s3(moto_s3, tmp_path, 
     cfg = pipeline.WorkerConfig(source=url, target=str(tmp_path / "out"), profile=get_profile("research"),
                                 key=b"k" * 32, source_options={"endpoint_url": moto_s3.endpoint_url})
     entries = [(i, e.relpath, e.size, e.token) for i, e in enumerate(cfg.open_source().iter_entries())]
-    state = {"now": 0, "most": 0}
-    lock = threading.Lock()
-    real_get_range = S3Source._get_range
-
-    def slow(self, key, start, end, etag):
-        with lock:
-            state["now"] += 1
-            state["most"] = max(state["most"], state["now"])
-        try:
-            time.sleep(0.05)  # a round trip to a distant endpoint
-            return real_get_range(self, key, start, end, etag)
-        finally:
-            with lock:
-                state["now"] -= 1
-
-    monkeypatch.setattr(S3Source, "_get_range", slow)
-    together = pipeline.inspect_batch(cfg, entries)
-    assert state["most"] > 1
-    monkeypatch.setattr(pipeline, "REMOTE_HEADER_READS", 1)
-    state["most"] = 0
-    one_by_one = pipeline.inspect_batch(cfg, entries)
-    assert state["most"] == 1
+    ranges = InFlight(monkeypatch, S3Source, "_get_range")
+    together, one_by_one = ranges.overlapped_then_one_at_a_time(monkeypatch, "REMOTE_HEADER_READS",
+                                                                lambda: pipeline.inspect_batch(cfg, entries))
     assert [i for i, _ in together] == [i for i, _ in one_by_one] == list(range(len(entries)))
     assert [it.as_row() for _, it in together] == [it.as_row() for _, it in one_by_one]
     assert {it.kind for _, it in together} == {"dicom", "quarantine"}
@@ -557,7 +576,7 @@ def test_an_inspection_task_overlaps_its_ranged_gets_from_s3(moto_s3, tmp_path, 
     quick = cfg.model_copy(update={"source_options": dict(cfg.source_options, max_attempts=1, client_max_attempts=1,
                                                           connect_timeout=1, read_timeout=2)})
     calls = []
-    monkeypatch.setattr(S3Source, "_get_range", lambda *a: calls.append(1) or slow(*a))
+    monkeypatch.setattr(S3Source, "_get_range", lambda *a: calls.append(1) or ranges.call(*a))
     moto_s3.kill()
     many = [(i, *e[1:]) for i, e in enumerate(entries * 20)]
     with pytest.raises(StorageError):
@@ -619,28 +638,15 @@ def test_a_scrub_task_downloads_the_next_objects_while_it_scrubs(moto_s3, tmp_pa
         source.iter_entries(), key=lambda e: e.relpath))]
     c.put_object(Bucket=BUCKET, Key=f"ahead/{PHI}/07.dcm", Body=bodies[0])  # changed since listing
 
-    state = {"now": 0, "most": 0}
+    downloads = InFlight(monkeypatch, S3Source, "_download")
     opened = []
-    lock = threading.Lock()
-    real_download, real_open = S3Source._download, S3Source.open
-
-    def slow(self, key, sink, etag=None):
-        with lock:
-            state["now"] += 1
-            state["most"] = max(state["most"], state["now"])
-        try:
-            time.sleep(0.05)  # a round trip to a distant endpoint
-            return real_download(self, key, sink, etag)
-        finally:
-            with lock:
-                state["now"] -= 1
+    real_open = S3Source.open
 
     def recorded_open(self, relpath, token=None):
         fh = real_open(self, relpath, token)
         opened.append(fh)
         return fh
 
-    monkeypatch.setattr(S3Source, "_download", slow)
     monkeypatch.setattr(S3Source, "open", recorded_open)
 
     def run(name: str, **extra):
@@ -648,12 +654,8 @@ def test_a_scrub_task_downloads_the_next_objects_while_it_scrubs(moto_s3, tmp_pa
                                     key=b"k" * 32, source_options={"endpoint_url": moto_s3.endpoint_url}, **extra)
         return pipeline.scrub_batch(cfg, 1, items)
 
-    ahead = run("ahead")
-    assert state["most"] > 1
-    monkeypatch.setattr(pipeline, "REMOTE_READS_AHEAD", 1)
-    state["most"] = 0
-    one = run("one")
-    assert state["most"] == 1
+    ahead, one = downloads.overlapped_then_one_at_a_time(monkeypatch, "REMOTE_READS_AHEAD", lambda: run(
+        "ahead" if pipeline.REMOTE_READS_AHEAD > 1 else "one"))
     assert ahead == one
     assert ahead["quarantined"] == {7: "changed"} and ahead["exported"] == 11
     assert tree_bytes(tmp_path / "ahead") == tree_bytes(tmp_path / "one")
@@ -689,22 +691,7 @@ def test_a_scrub_task_uploads_to_a_bucket_while_it_scrubs_the_next_instances(mot
     items = [(k, f"{k:02d}.dcm", f"o/{k:02d}.dcm", None) for k in range(14)]
     monkeypatch.setattr(pipeline, "REMOTE_WRITE_OVERLAP_MAX", 20_000)  # CT_small (39 kB) is written in turn
 
-    state = {"now": 0, "most": 0}
-    lock = threading.Lock()
-    real_put = S3Target._single_put
-
-    def slow_put(self, key, size, digest, opener):
-        with lock:
-            state["now"] += 1
-            state["most"] = max(state["most"], state["now"])
-        try:
-            time.sleep(0.05)  # a round trip to a distant endpoint
-            return real_put(self, key, size, digest, opener)
-        finally:
-            with lock:
-                state["now"] -= 1
-
-    monkeypatch.setattr(S3Target, "_single_put", slow_put)
+    puts = InFlight(monkeypatch, S3Target, "_single_put")
 
     def run(prefix: str, batch=items, **extra):
         cfg = pipeline.WorkerConfig(source=str(src), target=f"s3://{BUCKET}/{prefix}", profile=get_profile("research"),
@@ -716,12 +703,8 @@ def test_a_scrub_task_uploads_to_a_bucket_while_it_scrubs_the_next_instances(mot
         found = c.list_objects_v2(Bucket=BUCKET, Prefix=prefix + "/").get("Contents", [])
         return {o["Key"].split("/", 1)[1]: c.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read() for o in found}
 
-    at_once = run("at-once")
-    assert state["most"] > 1
-    monkeypatch.setattr(pipeline, "REMOTE_WRITES_AT_ONCE", 1)
-    state["most"] = 0
-    one = run("one")
-    assert state["most"] == 1
+    at_once, one = puts.overlapped_then_one_at_a_time(monkeypatch, "REMOTE_WRITES_AT_ONCE", lambda: run(
+        "at-once" if pipeline.REMOTE_WRITES_AT_ONCE > 1 else "one"))
     assert at_once == one and list(at_once["outputs"]) == list(one["outputs"]) == [k for k in range(14) if k != 9]
     assert at_once["quarantined"] == {9: "scrub-error"}
     assert at_once["exported"] == 13 and objects("at-once") == objects("one") and len(objects("one")) == 13
@@ -742,7 +725,7 @@ def test_a_scrub_task_uploads_to_a_bucket_while_it_scrubs_the_next_instances(mot
     def refusing_put(self, key, size, digest, opener):
         if key.endswith("o/05.dcm"):
             raise TargetFull(0, 0, "the storage refused the write (QuotaExceeded)")
-        return slow_put(self, key, size, digest, opener)
+        return puts.call(self, key, size, digest, opener)
 
     monkeypatch.setattr(S3Target, "_single_put", refusing_put)
     refused = run("refused")
