@@ -45,3 +45,44 @@ def test_a_store_from_before_stop_17_gets_the_new_indexes_and_keeps_its_rows(tmp
         assert plan == ["SEARCH files USING INDEX files_by_study (study_uid=? AND source=?)"]
     finally:
         store.close()
+
+
+def test_a_listing_records_new_changed_and_unchanged_files(tmp_path):
+    """Each run lists every source file. A new file is added; a changed one (size or token) goes back
+    to 'new' to be inspected again, leaving the manifest; an unchanged one keeps its status and is
+    marked seen in this run, and one that could not be read last time is looked at again. Chunks of
+    2 000 where every file is unchanged take a shorter path; counts stay right across chunks."""
+    from medanon.storage.base import SourceEntry
+
+    store = StateStore(tmp_path)
+    try:
+        first = [SourceEntry(name, 10, "t1") for name in ("done", "unreadable", "not-dicom", "edited", "gone")]
+        assert store.register("s", first, "r1") == {"listed": 5, "new": 5, "changed": 0, "unchanged": 0}
+        ids = {r["relpath"]: r["id"] for r in store.db.execute("SELECT id, relpath FROM files")}
+        for name in ("done", "edited"):
+            store.db.execute("UPDATE files SET kind='dicom', status='done', target='t' WHERE id=?", (ids[name],))
+        for name, reason in (("unreadable", "read-error"), ("not-dicom", "not-dicom")):
+            store.db.execute("UPDATE files SET kind='quarantine', status='quarantined', reason=? WHERE id=?",
+                             (reason, ids[name]))
+        changes = store.ledger_changes()
+
+        again = [SourceEntry("done", 10, "t1"), SourceEntry("unreadable", 10, "t1"), SourceEntry("not-dicom", 10, "t1"),
+                 SourceEntry("edited", 10, "t2"), SourceEntry("arrived", 7, "t1")]
+        assert store.register("s", again, "r2") == {"listed": 5, "new": 1, "changed": 1, "unchanged": 3}
+        rows = {r["relpath"]: dict(r) for r in store.db.execute("SELECT * FROM files")}
+        assert (rows["done"]["status"], rows["done"]["kind"], rows["done"]["seen_run"]) == ("done", "dicom", "r2")
+        assert rows["unreadable"]["kind"] is None and rows["unreadable"]["seen_run"] == "r2"  # inspected again
+        assert (rows["not-dicom"]["kind"], rows["not-dicom"]["status"]) == ("quarantine", "quarantined")
+        edited = rows["edited"]
+        assert (edited["status"], edited["kind"], edited["token"], edited["seen_run"]) == ("new", None, "t2", "r2")
+        assert (rows["arrived"]["size"], rows["arrived"]["status"], rows["arrived"]["seen_run"]) == (7, "new", "r2")
+        assert rows["gone"]["seen_run"] == "r1"
+        assert store.ledger_changes() == changes + 1  # the edited file left the exported rows
+
+        many = [SourceEntry(f"m/{i}", 1, "t") for i in range(4500)]
+        assert store.register("s", many, "r3")["new"] == 4500
+        many[2500] = SourceEntry("m/2500", 2, "t")  # a change in the second chunk of 2 000
+        assert store.register("s", [*many, SourceEntry("late", 1, "t")], "r4") == {
+            "listed": 4501, "new": 1, "changed": 1, "unchanged": 4499}
+    finally:
+        store.close()
