@@ -86,3 +86,25 @@ def test_a_listing_records_new_changed_and_unchanged_files(tmp_path):
             "listed": 4501, "new": 1, "changed": 1, "unchanged": 4499}
     finally:
         store.close()
+
+
+def test_a_local_listing_gives_every_regular_file_once(tmp_path):
+    """The local source's listing (what register records): each regular file once, its path
+    relative to the root with '/', its size and mtime; symlinks (to a file or a directory, inside
+    the root or out) are not followed."""
+    import os
+
+    from medanon.storage import LocalSource
+
+    root = tmp_path / "in"
+    for rel, size in (("b/2.dcm", 2), ("b/10.dcm", 10), ("a/x/deep.dcm", 3), ("top.txt", 1), ("a b/ü.dcm", 4)):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x" * size)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "o.dcm").write_bytes(b"o")
+    os.symlink(tmp_path / "outside", root / "link")
+    os.symlink(root / "top.txt", root / "b" / "alias.txt")
+    listed = list(LocalSource(str(root) + "/").iter_entries())
+    assert sorted((e.relpath, e.size) for e in listed) == [
+        ("a b/ü.dcm", 4), ("a/x/deep.dcm", 3), ("b/10.dcm", 10), ("b/2.dcm", 2), ("top.txt", 1)]
+    assert all(e.token == str((root / e.relpath).stat().st_mtime_ns) for e in listed)

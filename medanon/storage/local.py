@@ -21,7 +21,11 @@ class LocalSource:
         self.url = str(self.root)
 
     def iter_entries(self) -> Iterator[SourceEntry]:
-        stack = [self.root]
+        """Every regular file under the root (symlinks not followed), as (path relative to the root,
+        size, mtime in ns). Each run lists every file of the archive, so this works on the strings
+        ``scandir`` gives (no Path object per file)."""
+        skip = len(os.path.join(str(self.root), ""))  # the root and one separator
+        stack = [str(self.root)]
         while stack:
             d = stack.pop()
             try:
@@ -33,11 +37,12 @@ class LocalSource:
                 for e in it:
                     try:
                         if e.is_dir(follow_symlinks=False):
-                            dirs.append(Path(e.path))
+                            dirs.append(e.path)
                         elif e.is_file(follow_symlinks=False):
                             st = e.stat(follow_symlinks=False)
-                            rel = Path(e.path).relative_to(self.root).as_posix()
-                            yield SourceEntry(rel, st.st_size, str(st.st_mtime_ns))
+                            rel = e.path[skip:]
+                            yield SourceEntry(rel if os.sep == "/" else rel.replace(os.sep, "/"), st.st_size,
+                                              str(st.st_mtime_ns))
                     except OSError:
                         continue
                 stack.extend(sorted(dirs, reverse=True))
