@@ -303,9 +303,9 @@ def _scrub_stage(runner, cfg: WorkerConfig, store: StateStore, req: RunRequest, 
 
     def on_result(n, result):
         # opaque: Prefect would otherwise walk the summary's manifest rows looking for futures
-        rec = export(store, cfg.target, n, opaque(result))
+        export(store, cfg.target, n, opaque(result))
         for k in ("exported", "skipped_identical", "bytes_out"):
-            totals[k] += rec[k]
+            totals[k] += result[k]
         totals["target_full"] |= result["target_full"]
         done["n"] += len(result["outputs"]) + len(result["quarantined"])
         update_progress_artifact(progress, min(100.0, 100.0 * done["n"] / max(total, 1)),

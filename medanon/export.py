@@ -17,15 +17,13 @@ MANIFEST_FIELDS = ["path", "patient_id", "study_instance_uid", "series_instance_
                    "sop_class_uid", "modality", "transfer_syntax_uid", "size", "sha256"]
 
 
-def record_batch(store: StateStore, target_url: str, result: dict) -> dict:
-    """Commit one scrub batch: outputs to the ledger, failures to quarantine. PHI-free counts back."""
+def record_batch(store: StateStore, target_url: str, result: dict) -> None:
+    """Commit one scrub batch: outputs to the ledger, failures to quarantine."""
     outputs = {int(k): v for k, v in result["outputs"].items()}
     lines_in_format(store)
     line_of = manifest_line_writer()
     store.mark_done(outputs, target_url, {fid: line_of(info) for fid, info in outputs.items()})
     store.quarantine([(int(k), r) for k, r in result["quarantined"].items()])
-    return {"batch": result["batch"], "exported": result["exported"], "skipped_identical": result["skipped_identical"],
-            "quarantined": len(result["quarantined"]), "bytes_out": result["bytes_out"]}
 
 
 MANIFEST_BLOCK_ROWS = 1000  # about 0.3 MB of CSV
