@@ -135,6 +135,10 @@ def anonymize(request: RunRequest) -> dict:
         listed = discover(cfg, store, run_id, req.label)
         logger.info("discover: %d files listed (%d new, %d changed)", listed["listed"], listed["new"],
                     listed["changed"])
+        if listed["unlisted_dirs"]:
+            logger.warning("discover: source folders that could not be read (permissions or I/O errors): %d; "
+                           "their files are not in this run, and the next run lists them again",
+                           listed["unlisted_dirs"])
         pending = store.count(cfg.source, "status IN ('new', 'planned')")
         processes = worker_processes(req.workers, pending, req.batch_size)
         in_threads = processes <= 1 and not req.dask_address
@@ -334,6 +338,7 @@ def _summary(req, cfg, listed, store, run_id, paired, totals, skipped_existing, 
         "profile": cfg.profile.name,
         "layout": req.layout,
         "discovered": listed["listed"],
+        "unlisted_dirs": listed["unlisted_dirs"],
         "dicom": store.count(cfg.source, "kind='dicom' AND seen_run=?", (run_id,)),
         "reports": paired["reports_found"],
         "reports_paired": paired["paired"],

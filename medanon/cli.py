@@ -112,6 +112,8 @@ def _print_summary(summary: dict, as_json: bool) -> None:
         print(f"  {k:18} {summary.get(k, 0)}")
     for rule, n in sorted((summary.get("reports_paired") or {}).items()):
         print(f"    paired by {rule:17} {n}")
+    if summary.get("unlisted_dirs"):
+        print(f"  {'unlisted_dirs':18} {summary['unlisted_dirs']}   (folders that could not be read: not in this run)")
     q = summary.get("quarantined", {})
     print(f"  {'quarantined':18} {sum(q.values())}")
     for reason, n in sorted(q.items()):

@@ -13,9 +13,12 @@ from medanon.state import StateStore
 
 @task(name="discover", task_run_name="discover-{label}", cache_policy=NO_CACHE, persist_result=False)
 def discover(cfg: WorkerConfig, store: StateStore, run_id: str, label: str) -> dict:
-    """Walk the source (flow side: the listing goes to the state store only). Returns counts."""
+    """Walk the source (flow side: the listing goes to the state store only). Returns counts,
+    with the folders that could not be read (``unlisted_dirs``; never their names: they may hold PHI)."""
     source = cfg.open_source()
-    return store.register(cfg.source, source.iter_entries(), run_id)
+    counts = store.register(cfg.source, source.iter_entries(), run_id)
+    counts["unlisted_dirs"] = getattr(source, "unlisted_dirs", 0)
+    return counts
 
 
 # Headers hold PHI: this task's result is never persisted nor cached; it goes straight

@@ -64,10 +64,17 @@ def test_flow_run_names_artifacts_and_no_phi(harness, tmp_path, monkeypatch):
     build_sample_archive(src)
     from medanon.request import RunRequest
 
+    # one folder, named for a patient's MRN, cannot be read: counted and warned about, never named
+    refused = str(next(p for p in sorted(src.rglob("mrn*")) if p.is_dir()))
+    real_scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda path=".": (_ for _ in ()).throw(PermissionError(13, "Permission denied"))
+                        if os.fspath(path) == refused else real_scandir(path))
     summary = anonymize(RunRequest(source=str(src), target=str(tmp_path / "out"), state_dir=str(tmp_path / "state"),
                                    label="nightly-ct", batch_size=4))
-    assert summary["exported"] >= 15
+    assert summary["exported"] >= 15 and summary["unlisted_dirs"] == 1
     flows, tasks, arts, logs = asyncio.run(_collect())
+    assert any("folders that could not be read (permissions or I/O errors): 1;" in log.message for log in logs)
+    assert not any(Path(refused).name in log.message for log in logs)
     assert [f.name for f in flows] == ["anonymize-nightly-ct"]
     names = {t.name for t in tasks}
     assert {"discover-nightly-ct", "pair-nightly-ct", "remap-nightly-ct", "manifest-nightly-ct"} <= names

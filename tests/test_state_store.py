@@ -104,7 +104,36 @@ def test_a_local_listing_gives_every_regular_file_once(tmp_path):
     (tmp_path / "outside" / "o.dcm").write_bytes(b"o")
     os.symlink(tmp_path / "outside", root / "link")
     os.symlink(root / "top.txt", root / "b" / "alias.txt")
-    listed = list(LocalSource(str(root) + "/").iter_entries())
+    source = LocalSource(str(root) + "/")
+    listed = list(source.iter_entries())
     assert sorted((e.relpath, e.size) for e in listed) == [
         ("a b/ü.dcm", 4), ("a/x/deep.dcm", 3), ("b/10.dcm", 10), ("b/2.dcm", 2), ("top.txt", 1)]
     assert all(e.token == str((root / e.relpath).stat().st_mtime_ns) for e in listed)
+    assert source.unlisted_dirs == 0
+
+
+def test_a_folder_the_listing_cannot_read_is_counted_and_the_rest_listed(tmp_path, monkeypatch):
+    """A source folder that cannot be read (no permission, an I/O error) must not lose its files
+    silently: the listing counts it (the flow warns and reports ``unlisted_dirs``) and goes on. The
+    tests run as root, which permissions do not stop, so scandir is made to refuse one folder."""
+    import os
+
+    from medanon.storage import LocalSource
+
+    root = tmp_path / "in"
+    for rel in ("ok/1.dcm", "locked/2.dcm", "locked/deeper/3.dcm", "4.dcm"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    real = os.scandir
+
+    def refusing(path):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    source = LocalSource(root)
+    assert sorted(e.relpath for e in source.iter_entries()) == ["4.dcm", "ok/1.dcm"]
+    assert source.unlisted_dirs == 1
+    monkeypatch.setattr(os, "scandir", real)
+    assert len(list(source.iter_entries())) == 4 and source.unlisted_dirs == 0  # counted per listing

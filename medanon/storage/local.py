@@ -19,18 +19,22 @@ class LocalSource:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
         self.url = str(self.root)
+        self.unlisted_dirs = 0  # folders the last listing could not read: their files are not in it
 
     def iter_entries(self) -> Iterator[SourceEntry]:
         """Every regular file under the root (symlinks not followed), as (path relative to the root,
         size, mtime in ns). Each run lists every file of the archive, so this works on the strings
-        ``scandir`` gives (no Path object per file)."""
+        ``scandir`` gives (no Path object per file). A folder that cannot be read (permissions, an
+        I/O error) is counted in ``unlisted_dirs`` and the listing goes on."""
         skip = len(os.path.join(str(self.root), ""))  # the root and one separator
         stack = [str(self.root)]
+        self.unlisted_dirs = 0
         while stack:
             d = stack.pop()
             try:
                 it = os.scandir(d)
             except OSError:
+                self.unlisted_dirs += 1
                 continue
             with it:
                 dirs = []
