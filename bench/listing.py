@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     us["walk"] = (time.perf_counter() - t) / n * 1e6
     store = StateStore(args.workdir / "state")
     counts = {}
-    for label, run in (("first", "r1"), ("again", "r2"), ("changed", "r4")):
+    for label, run in (("first", "r1"), ("again", "r2"), ("changed", "r3")):
         if label == "changed":
             for k, e in enumerate(source.iter_entries()):
                 if k % 1000 == 0:
