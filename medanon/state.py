@@ -168,7 +168,8 @@ class StateStore:
                         "WHERE source=? AND relpath=? AND (size!=? OR token!=?)",
                         ((e[1], e[2], run_id, source, *e) for e in chunk)).rowcount
                     counts["new"] += db.executemany(
-                        "INSERT OR IGNORE INTO files (source, relpath, size, token, seen_run) VALUES (?,?,?,?,?)",
+                        "INSERT INTO files (source, relpath, size, token, seen_run) VALUES (?,?,?,?,?) "
+                        "ON CONFLICT (source, relpath) DO NOTHING",  # only the listed file being known already
                         ((source, *e, run_id) for e in chunk)).rowcount
             chunk.clear()
 

@@ -84,6 +84,12 @@ def test_a_listing_records_new_changed_and_unchanged_files(tmp_path):
         many[2500] = SourceEntry("m/2500", 2, "t")  # a change in the second chunk of 2 000
         assert store.register("s", [*many, SourceEntry("late", 1, "t")], "r4") == {
             "listed": 4501, "new": 1, "changed": 1, "unchanged": 4499}
+        # only "already known" is passed over: an entry the store cannot hold fails the listing
+        # loudly rather than leaving the file out of every run
+        import pytest
+
+        with pytest.raises(sqlite3.IntegrityError):
+            store.register("s", [SourceEntry("no-token", 1, None)], "r5")
     finally:
         store.close()
 
