@@ -57,7 +57,7 @@ def lines_in_format(store: StateStore) -> None:
     if store.get_meta("manifest_line_format") != MANIFEST_FORMAT:
         with store.tx() as db:
             db.execute("UPDATE files SET out_line=NULL WHERE out_line IS NOT NULL")
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('manifest_line_format', ?)", (MANIFEST_FORMAT,))
+            store.set_meta("manifest_line_format", MANIFEST_FORMAT)
 
 
 def manifest_blocks(store: StateStore, target_url: str) -> Iterator[bytes]:

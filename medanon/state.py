@@ -124,7 +124,7 @@ class StateStore:
         import uuid
 
         self.db.execute("INSERT OR IGNORE INTO meta VALUES ('instance_id', ?)", (str(uuid.uuid4()),))
-        return self.db.execute("SELECT value FROM meta WHERE key='instance_id'").fetchone()[0]
+        return self.get_meta("instance_id")
 
     def close(self) -> None:
         self.db.close()
@@ -291,7 +291,7 @@ class StateStore:
 
     def ledger_changes(self) -> int:
         """How many times an exported row has been added, changed or removed, in any target."""
-        return int(self.db.execute("SELECT value FROM meta WHERE key='ledger_changes'").fetchone()[0])
+        return int(self.get_meta("ledger_changes"))
 
     def get_meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
