@@ -21,14 +21,15 @@ import json
 import os
 import sys
 import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench import _rss  # noqa: E402  (the end-to-end bench's reading of a process's RSS)
 
 
 def rss_mb() -> float:
-    with open(f"/proc/{os.getpid()}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    return _rss(os.getpid()) / 2**20
 
 
 def main(argv: list[str] | None = None) -> int:
