@@ -47,7 +47,11 @@ CREATE TABLE IF NOT EXISTS crosswalk (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- every change to the exported rows (any target) counts once: a run that changed none of them
--- keeps the manifest it published last instead of building it again from every row
+-- keeps the manifest it published last instead of building it again from every row.
+-- A statement these triggers may fire on is journaled by SQLite so that it alone can be undone
+-- (about 30 KB written per row when it changes indexed columns, and twice the time). The store's
+-- writes run in transactions undone whole on any error, so they say OR FAIL (no statement journal)
+-- or write a whole chunk in one statement.
 INSERT OR IGNORE INTO meta VALUES ('ledger_changes', '0');
 CREATE TRIGGER IF NOT EXISTS ledger_row_added AFTER INSERT ON files WHEN NEW.status = 'done'
 BEGIN UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'ledger_changes'; END;
@@ -164,7 +168,7 @@ class StateStore:
                 counts["unchanged"] += unchanged
                 if unchanged < len(chunk):  # not the usual chunk of a nightly run: some are new or changed
                     counts["changed"] += db.executemany(
-                        "UPDATE files SET size=?, token=?, seen_run=?, kind=NULL, reason='', status='new' "
+                        "UPDATE OR FAIL files SET size=?, token=?, seen_run=?, kind=NULL, reason='', status='new' "
                         "WHERE source=? AND relpath=? AND (size!=? OR token!=?)",
                         ((e[1], e[2], run_id, source, *e) for e in chunk)).rowcount
                     counts["new"] += db.executemany(
@@ -198,22 +202,23 @@ class StateStore:
         return self._paged("SELECT id, relpath, size, token FROM files WHERE source=? AND kind IS NULL AND id>? "
                            "ORDER BY id LIMIT ?", (source,), batch_size)
 
-    def record_inspected(self, items: list) -> None:
-        """items: (file_id, Inspected)."""
+    def record_inspected(self, items: list) -> dict[str, int]:
+        """items: (file_id, Inspected). Returns how many of each kind (dicom, report, quarantine)."""
+        kinds: dict[str, int] = {}
+        for _, it in items:
+            kinds[it.kind] = kinds.get(it.kind, 0) + 1
         with self.tx() as db:
-            for file_id, it in items:
-                status = "quarantined" if it.kind == "quarantine" else "new"
-                db.execute(
-                    "UPDATE files SET kind=?, reason=?, patient_key=?, study_uid=?, series_uid=?, sop_uid=?, "
-                    "sop_class=?, modality=?, accession=?, patient_id=?, study_date=?, header=?, status=? WHERE id=?",
-                    (it.kind, it.reason, it.patient_key, it.study_uid, it.series_uid, it.sop_uid, it.sop_class,
-                     it.modality, it.accession, it.patient_id, it.study_date, json.dumps(it.header), status,
-                     file_id),
-                )
+            db.executemany(
+                "UPDATE OR FAIL files SET kind=?, reason=?, patient_key=?, study_uid=?, series_uid=?, sop_uid=?, "
+                "sop_class=?, modality=?, accession=?, patient_id=?, study_date=?, header=?, status=? WHERE id=?",
+                [(it.kind, it.reason, it.patient_key, it.study_uid, it.series_uid, it.sop_uid, it.sop_class,
+                  it.modality, it.accession, it.patient_id, it.study_date, json.dumps(it.header),
+                  "quarantined" if it.kind == "quarantine" else "new", file_id) for file_id, it in items])
+        return kinds
 
     def quarantine(self, file_ids_reasons: Iterable[tuple[int, str]]) -> None:
         with self.tx() as db:
-            db.executemany("UPDATE files SET status='quarantined', reason=? WHERE id=?",
+            db.executemany("UPDATE OR FAIL files SET status='quarantined', reason=? WHERE id=?",
                            [(r, i) for i, r in file_ids_reasons])
 
     # ------------------------------------------------------------------ remap
@@ -223,7 +228,7 @@ class StateStore:
 
     def plan(self, plans: list[tuple[int, str]], crosswalk: list[tuple[str, str, str]], run_id: str) -> None:
         with self.tx() as db:
-            db.executemany("UPDATE files SET status='planned', out_relpath=? WHERE id=?",
+            db.executemany("UPDATE OR FAIL files SET status='planned', out_relpath=? WHERE id=?",
                            [(p, i) for i, p in plans])
             db.executemany(
                 "INSERT OR IGNORE INTO crosswalk (kind, original, pseudonym, first_run) VALUES (?,?,?,?)",
@@ -268,7 +273,7 @@ class StateStore:
         lines = lines or {}
         with self.tx() as db:
             db.executemany(
-                "UPDATE files SET status='done', out_sha256=?, out_size=?, target=?, out_info=?, out_line=?, "
+                "UPDATE OR FAIL files SET status='done', out_sha256=?, out_size=?, target=?, out_info=?, out_line=?, "
                 "done_token=size||':'||token WHERE id=?",
                 [(o["sha256"], o["size"], target, json.dumps(o), lines.get(fid), int(fid))
                  for fid, o in outputs.items()],
@@ -357,7 +362,7 @@ class StateStore:
                 "INSERT OR REPLACE INTO reports (file_id, study_uid, rule, dicom_id, format, order_key, seq) "
                 "VALUES (:file_id, :study_uid, :rule, :dicom_id, :format, :order_key, :seq)", pairings)
             db.executemany(
-                "UPDATE files SET status='paired', reason='', study_uid=:study_uid, patient_key=:patient_key, "
+                "UPDATE OR FAIL files SET status='paired', reason='', study_uid=:study_uid, patient_key=:patient_key, "
                 "out_relpath=:out_relpath WHERE id=:file_id", pairings)
 
     def iter_paired_reports(self, source: str, batch_size: int) -> Iterator[list[tuple]]:
