@@ -151,20 +151,24 @@ def anonymize(request: RunRequest) -> dict:
             batch_tasks = _runner_name(req, spread)
             logger.info("batch tasks: %s for %d files to look at, %d per inspection batch", batch_tasks, pending,
                         inspect_size)
+            # what the listed files are: the unchanged ones counted by the listing, the others as inspected
+            found = {"dicom": listed["dicom"], "report": listed["reports"]}
+
+            def inspected(n, items):
+                for kind, count in store.record_inspected(items).items():
+                    found[kind] = found.get(kind, 0) + count
+
             _run_waves(enumerate(store.iter_uninspected(cfg.source, inspect_size), start=1),
                        lambda n, b: runner.submit(inspect, {"cfg": cfg, "batch_no": n, "entries": Batch(b)}),
-                       lambda n, items: store.record_inspected(items), inspect_at_once)
+                       inspected, inspect_at_once)
 
             # 2. pair reports with studies
-            paired = pair(cfg, store, run_id, req.label)
-            logger.info("pair: %d reports found, paired by rule %s, held %s", paired["reports_found"],
+            paired = pair(cfg, store, req.label)
+            logger.info("pair: %d reports found, paired by rule %s, held %s", found["report"],
                         paired["paired"], paired["held"])
 
             # 3. remap: pseudonyms, crosswalk and output paths
             planned = remap(cfg, store, run_id, req.label, req.batch_size)
-            skipped_existing = store.count(cfg.source, "kind='dicom' AND status='done' AND seen_run=? "
-                                           "AND done_token=size||':'||token",
-                                           (run_id,))
             total = store.count(cfg.source, "status='planned'")
             estimate = store.planned_bytes(cfg.source)
             req = req.model_copy(update={"batch_size": scrub_batch_size(requested_size, in_threads, total,
@@ -203,7 +207,7 @@ def anonymize(request: RunRequest) -> dict:
                     break
                 remaining = store.count(cfg.source, "status IN ('planned','paired')")
                 if not _in_deployment():
-                    summary = _summary(req, cfg, listed, store, run_id, paired, totals, skipped_existing, started,
+                    summary = _summary(req, cfg, listed, found, store, run_id, paired, totals, started,
                                        estimate)
                     summary["remaining"] = remaining
                     store.save_run(run_id, started, summary)
@@ -218,7 +222,7 @@ def anonymize(request: RunRequest) -> dict:
                 cfg = worker_config(req, state_dir, target, store.instance_id())
             update_progress_artifact(progress, 100.0, description=f"medanon {req.label}: finished")
 
-        summary = _summary(req, cfg, listed, store, run_id, paired, totals, skipped_existing, started, estimate)
+        summary = _summary(req, cfg, listed, found, store, run_id, paired, totals, started, estimate)
         summary["targets"] = len(targets_used)
         store.save_run(run_id, started, summary)
         create_table_artifact([{"measure": k, "value": str(v)} for k, v in summary.items()],
@@ -332,19 +336,19 @@ def _report_stage(runner, cfg: WorkerConfig, store: StateStore, req: RunRequest,
                            4, on_result, flush)
 
 
-def _summary(req, cfg, listed, store, run_id, paired, totals, skipped_existing, started, estimate) -> dict:
+def _summary(req, cfg, listed, found, store, run_id, paired, totals, started, estimate) -> dict:
     return {
         "label": req.label,
         "profile": cfg.profile.name,
         "layout": req.layout,
         "discovered": listed["listed"],
         "unlisted_dirs": listed["unlisted_dirs"],
-        "dicom": store.count(cfg.source, "kind='dicom' AND seen_run=?", (run_id,)),
-        "reports": paired["reports_found"],
+        "dicom": found["dicom"],
+        "reports": found["report"],
         "reports_paired": paired["paired"],
         "reports_exported": totals["reports_exported"],
         "exported": totals["exported"],
-        "skipped_existing": skipped_existing,
+        "skipped_existing": listed["exported_before"],
         "skipped_identical": totals["skipped_identical"],
         "quarantined": store.reasons(cfg.source, run_id),
         "bytes_out": totals["bytes_out"],

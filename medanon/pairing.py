@@ -131,7 +131,7 @@ def _read(source, relpath: str, token: str | None = None) -> bytes | None:
     return None if len(data) > MAX_REPORT_BYTES else data
 
 
-def pair_pending(cfg, store, run_id: str, batch_size: int = 500) -> dict:
+def pair_pending(cfg, store, batch_size: int = 500) -> dict:
     """Pair every report not yet paired (flow side: reads the reports, writes the state store).
 
     Each paired report gets its output path beside its study; a study's reports are numbered
@@ -199,5 +199,4 @@ def pair_pending(cfg, store, run_id: str, batch_size: int = 500) -> dict:
     reasons: dict[str, int] = {}
     for _, reason in held:
         reasons[reason] = reasons.get(reason, 0) + 1
-    return {"reports_found": store.count(cfg.source, "kind='report' AND seen_run=?", (run_id,)),
-            "paired": dict(sorted(paired.items())), "held": dict(sorted(reasons.items()))}
+    return {"paired": dict(sorted(paired.items())), "held": dict(sorted(reasons.items()))}

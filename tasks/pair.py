@@ -11,6 +11,6 @@ from medanon.state import StateStore
 
 
 @task(name="pair", task_run_name="pair-{label}", cache_policy=NO_CACHE, persist_result=False)
-def pair(cfg: WorkerConfig, store: StateStore, run_id: str, label: str) -> dict:
-    """Returns PHI-free counts: reports_found, paired (by rule), held (by reason)."""
-    return pair_pending(cfg, store, run_id)
+def pair(cfg: WorkerConfig, store: StateStore, label: str) -> dict:
+    """Returns PHI-free counts: paired (by rule), held (by reason)."""
+    return pair_pending(cfg, store)

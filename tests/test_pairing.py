@@ -154,8 +154,8 @@ def test_pair_pending_numbers_by_keyed_hash_and_keeps_names(tmp_path):
                for i, name in enumerate(["zeta", "alpha", "mid"])]
     reports.append(_report(src, "in/lost.txt", "REPORT\nAccession: ACC555\nFINDINGS: none.\n"))
     _add(store, str(src), dicom + reports)
-    res = pair_pending(cfg, store, "r1")
-    assert res["paired"] == {"accession": 3} and res["held"] == {UNMATCHED: 1} and res["reports_found"] == 4
+    res = pair_pending(cfg, store)
+    assert res["paired"] == {"accession": 3} and res["held"] == {UNMATCHED: 1}
     st = _statuses(store, str(src))
     code = pseudo.study_code(STUDY_A)
     folder = f"{pseudo.patient_id('MRN1')}/{code}/"
@@ -172,7 +172,7 @@ def test_pair_pending_numbers_by_keyed_hash_and_keeps_names(tmp_path):
     # while the earlier reports keep their names
     _add(store, str(src), [_dicom("img/2", "1.2.3.4.555", "ACC555", "MRN5", "20210202")], run_id="r2")
     store.register(str(src), [SourceEntry(r.relpath, r.size, r.token) for r in reports], "r2")
-    res = pair_pending(cfg, store, "r2")
+    res = pair_pending(cfg, store)
     assert res["paired"] == {"accession": 1}
     st2 = _statuses(store, str(src))
     assert st2["in/lost.txt"][0] == "paired" and "1.2.3.4.555" not in st2["in/lost.txt"][2]
@@ -187,12 +187,12 @@ def test_pair_pending_new_report_for_study_exported_earlier(tmp_path):
     cfg = _cfg(src)
     _add(store, str(src), [_dicom("img/1", STUDY_A, "ACC100", "MRN1", "20210110"),
                            _report(src, "r/one.txt", "REPORT\nAccession: ACC100\nFINDINGS: a.\n")])
-    pair_pending(cfg, store, "r1")
+    pair_pending(cfg, store)
     first = _statuses(store, str(src))["r/one.txt"][2]
     store.db.execute("UPDATE files SET status='done' WHERE relpath IN ('img/1', 'r/one.txt')")  # exported
     _add(store, str(src), [_report(src, "later/two.txt", "REPORT\nMRN: MRN1\nExam date: 01/10/2021\nFINDINGS: b.\n")],
          run_id="r2")
-    res = pair_pending(cfg, store, "r2")
+    res = pair_pending(cfg, store)
     assert res["paired"] == {"patient-date": 1}
     st = _statuses(store, str(src))
     assert st["r/one.txt"] == ("done", "", first)  # not redone
@@ -207,7 +207,7 @@ def test_pair_pending_unreadable_report_is_a_reason(tmp_path):
     item = _report(src, "r/gone.txt", "REPORT\nAccession: ACC100\n")
     _add(store, str(src), [_dicom("img/1", STUDY_A, "ACC100", "MRN1", "20210110"), item])
     (src / "r/gone.txt").unlink()
-    res = pair_pending(cfg, store, "r1")
+    res = pair_pending(cfg, store)
     assert res["held"] == {"read-error": 1} and res["paired"] == {}
     store.close()
 

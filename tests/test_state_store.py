@@ -49,18 +49,23 @@ def test_a_store_from_before_stop_17_gets_the_new_indexes_and_keeps_its_rows(tmp
 
 def test_a_listing_records_new_changed_and_unchanged_files(tmp_path):
     """Each run lists every source file. A new file is added; a changed one (size or token) goes back
-    to 'new' to be inspected again, leaving the manifest; an unchanged one keeps its status and is
-    marked seen in this run, and one that could not be read last time is looked at again. Chunks of
-    2 000 where every file is unchanged take a shorter path; counts stay right across chunks."""
+    to 'new' to be inspected again, leaving the manifest; an unchanged one keeps its status, and one
+    that could not be read last time is looked at again. The listing counts what the unchanged files
+    are (the run's summary takes its counts from it) and leaves an exported file's row unwritten (a
+    nightly run would otherwise write the whole store again); a file not exported is marked seen in
+    this run. Chunks of 2 000 where every file is unchanged take a shorter path; counts stay right
+    across chunks."""
     from medanon.storage.base import SourceEntry
 
     store = StateStore(tmp_path)
     try:
         first = [SourceEntry(name, 10, "t1") for name in ("done", "unreadable", "not-dicom", "edited", "gone")]
-        assert store.register("s", first, "r1") == {"listed": 5, "new": 5, "changed": 0, "unchanged": 0}
+        assert store.register("s", first, "r1") == {"listed": 5, "new": 5, "changed": 0, "unchanged": 0,
+                                                     "dicom": 0, "reports": 0, "exported_before": 0}
         ids = {r["relpath"]: r["id"] for r in store.db.execute("SELECT id, relpath FROM files")}
         for name in ("done", "edited"):
-            store.db.execute("UPDATE files SET kind='dicom', status='done', target='t' WHERE id=?", (ids[name],))
+            store.db.execute("UPDATE files SET kind='dicom', status='done', target='t', done_token=size||':'||token "
+                             "WHERE id=?", (ids[name],))
         for name, reason in (("unreadable", "read-error"), ("not-dicom", "not-dicom")):
             store.db.execute("UPDATE files SET kind='quarantine', status='quarantined', reason=? WHERE id=?",
                              (reason, ids[name]))
@@ -68,9 +73,11 @@ def test_a_listing_records_new_changed_and_unchanged_files(tmp_path):
 
         again = [SourceEntry("done", 10, "t1"), SourceEntry("unreadable", 10, "t1"), SourceEntry("not-dicom", 10, "t1"),
                  SourceEntry("edited", 10, "t2"), SourceEntry("arrived", 7, "t1")]
-        assert store.register("s", again, "r2") == {"listed": 5, "new": 1, "changed": 1, "unchanged": 3}
+        assert store.register("s", again, "r2") == {"listed": 5, "new": 1, "changed": 1, "unchanged": 3,
+                                                     "dicom": 1, "reports": 0, "exported_before": 1}
         rows = {r["relpath"]: dict(r) for r in store.db.execute("SELECT * FROM files")}
-        assert (rows["done"]["status"], rows["done"]["kind"], rows["done"]["seen_run"]) == ("done", "dicom", "r2")
+        assert (rows["done"]["status"], rows["done"]["kind"], rows["done"]["seen_run"]) == ("done", "dicom", "r1")
+        assert rows["not-dicom"]["seen_run"] == "r2"  # its reason counts in this run's summary
         assert rows["unreadable"]["kind"] is None and rows["unreadable"]["seen_run"] == "r2"  # inspected again
         assert (rows["not-dicom"]["kind"], rows["not-dicom"]["status"]) == ("quarantine", "quarantined")
         edited = rows["edited"]
@@ -82,14 +89,29 @@ def test_a_listing_records_new_changed_and_unchanged_files(tmp_path):
         many = [SourceEntry(f"m/{i}", 1, "t") for i in range(4500)]
         assert store.register("s", many, "r3")["new"] == 4500
         many[2500] = SourceEntry("m/2500", 2, "t")  # a change in the second chunk of 2 000
+        with store.tx() as db:  # as inspected: a report, an instance exported, one exported from an older version
+            db.execute("UPDATE files SET kind='report' WHERE relpath IN ('m/0', 'm/2001', 'm/4499')")
+            db.execute("UPDATE files SET kind='dicom', status='done', done_token=size||':'||token "
+                       "WHERE relpath LIKE 'm/%' AND relpath NOT IN ('m/0', 'm/2001', 'm/4499', 'm/7')")
+            db.execute("UPDATE files SET kind='dicom', status='done' WHERE relpath='m/7'")
+            db.execute("UPDATE files SET kind='dicom', status='planned' WHERE relpath='m/8'")
         assert store.register("s", [*many, SourceEntry("late", 1, "t")], "r4") == {
-            "listed": 4501, "new": 1, "changed": 1, "unchanged": 4499}
+            "listed": 4501, "new": 1, "changed": 1, "unchanged": 4499,
+            "dicom": 4496, "reports": 3, "exported_before": 4494}
+        # a listing that finds every exported file unchanged writes no row at all
+        store.db.execute("CREATE TEMP TABLE written (id INTEGER)")
+        store.db.execute("CREATE TEMP TRIGGER log_writes AFTER UPDATE ON main.files "
+                         "BEGIN INSERT INTO written VALUES (NEW.id); END")
+        exported = [e for e in many if e.relpath not in ("m/0", "m/2001", "m/4499", "m/8", "m/2500")]
+        assert store.register("s", exported, "r5")["exported_before"] == len(exported) - 1  # m/7: no done_token
+        assert store.db.execute("SELECT COUNT(*) FROM written").fetchone()[0] == 0
+        store.db.execute("DROP TRIGGER log_writes")
         # only "already known" is passed over: an entry the store cannot hold fails the listing
         # loudly rather than leaving the file out of every run
         import pytest
 
         with pytest.raises(sqlite3.IntegrityError):
-            store.register("s", [SourceEntry("no-token", 1, None)], "r5")
+            store.register("s", [SourceEntry("no-token", 1, None)], "r6")
     finally:
         store.close()
 
