@@ -120,8 +120,9 @@ def measure(n: int, work: Path) -> dict:
     ms["output-path check (1 250)"] = timed(lambda: store.out_owners(paths))
     fake = {i: {"sha256": f"{i:064x}", "size": 525_000} for i in range(done + 1, done + 1251)}
     ms["mark 1 250 exported"] = timed(lambda: store.mark_done(fake, target.url), 3)
-    new = [SourceEntry(f"incoming/{k}.dcm", 1, "t") for k in range(2000)]
-    ms["discover 2 000 new files"] = timed(lambda: store.register(SOURCE, new, "r2"), 3)
+    # each call lists 2 000 files not seen before (listing the same ones again finds them unchanged)
+    new = iter([[SourceEntry(f"incoming/{c}/{k}.dcm", 1, "t") for k in range(2000)] for c in range(3)])
+    ms["discover 2 000 new files"] = timed(lambda: store.register(SOURCE, next(new), "r2"), 3)
     seen = [SourceEntry(f"in/{study(i)}/{i}.dcm", 525_000, "tok") for i in range(done // 2, done // 2 + 2000)]
     ms["discover 2 000 unchanged files"] = timed(lambda: store.register(SOURCE, seen, "r2"), 3)
     # per report (a study near the middle of the exported ones)
