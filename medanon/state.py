@@ -186,10 +186,12 @@ class StateStore:
                            (run_id, *REREAD_REASONS, source))
                 counts["unchanged"] += unchanged
                 if unchanged < len(chunk):  # not the usual chunk of a nightly run: some are new or changed
+                    changed = db.execute(
+                        "SELECT f.id, c.size, c.token FROM listing.chunk c CROSS JOIN files f ON f.source=? "
+                        "AND f.relpath=c.relpath WHERE f.size!=c.size OR f.token!=c.token", (source,)).fetchall()
                     counts["changed"] += db.executemany(
                         "UPDATE OR FAIL files SET size=?, token=?, seen_run=?, kind=NULL, reason='', status='new' "
-                        "WHERE source=? AND relpath=? AND (size!=? OR token!=?)",
-                        ((e[1], e[2], run_id, source, *e) for e in chunk)).rowcount
+                        "WHERE id=?", ((size, token, run_id, fid) for fid, size, token in changed)).rowcount
                     # one statement for the chunk: row by row, the ledger's triggers make SQLite journal
                     # every statement's pages (about 30 KB written per file, and twice the time)
                     counts["new"] += db.execute(
