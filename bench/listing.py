@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from medanon.state import StateStore  # noqa: E402
 from medanon.storage.local import LocalSource  # noqa: E402
+from bench import bytes_written  # noqa: E402  (wchar of /proc/self/io)
 
 PER_SERIES, SERIES, STUDIES = 25, 4, 5
 
@@ -56,11 +57,6 @@ def build_tree(root: Path, n: int) -> None:
                 if made >= n:
                     return
         p += 1
-
-
-def _wchar() -> int:
-    with open("/proc/self/io") as f:
-        return int(next(line for line in f if line.startswith("wchar:")).split()[1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,11 +86,11 @@ def main(argv: list[str] | None = None) -> int:
             for k, e in enumerate(source.iter_entries()):
                 if k % 1000 == 0:
                     os.utime(tree / e.relpath, ns=(1, 10**18 + k))
-        w = _wchar()
+        w = bytes_written()
         t = time.perf_counter()
         counts[label] = store.register(source.url, source.iter_entries(), run)
         us[label] = (time.perf_counter() - t) / n * 1e6
-        written[label] = (_wchar() - w) / n
+        written[label] = (bytes_written() - w) / n
     store.close()
     res = {"root": str(ROOT), "n": n, "us_per_file": {k: round(v, 2) for k, v in us.items()},
            "bytes_written_per_file": {k: round(v, 1) for k, v in written.items()}, "counts": counts}

@@ -42,6 +42,7 @@ from medanon.export import write_manifest  # noqa: E402
 from medanon.state import StateStore  # noqa: E402
 from medanon.storage.base import SourceEntry  # noqa: E402
 from medanon.storage.local import LocalTarget  # noqa: E402
+from bench import bytes_written  # noqa: E402  (wchar of /proc/self/io)
 
 SOURCE = "/archive"
 PER_STUDY, PER_PATIENT = 100, 10
@@ -86,12 +87,6 @@ def build(store: StateStore, n: int, target_url: str) -> float:
         with store.tx() as db:
             db.executemany(sql, chunk)
     return time.perf_counter() - t
-
-
-def _wchar() -> int:
-    """Bytes this process has passed to write calls (/proc/self/io)."""
-    with open("/proc/self/io") as f:
-        return int(next(line for line in f if line.startswith("wchar:")).split()[1])
 
 
 def timed(fn, repeat: int = 5) -> float:
@@ -141,10 +136,10 @@ def measure(n: int, work: Path) -> dict:
         ms["count instances and reports listed"] = timed(lambda: [store.count(
             SOURCE, f"kind='{kind}' AND seen_run=?", ("r1",)) for kind in ("dicom", "report")], 3)
     # a nightly run lists every file again: here every file unchanged (once; the store's bytes written too)
-    w, t = _wchar(), time.perf_counter()
+    w, t = bytes_written(), time.perf_counter()
     store.register(SOURCE, (SourceEntry(f"in/{study(i)}/{i}.dcm", 525_000, "tok") for i in range(n)), "r3")
     ms["list every file again"] = time.perf_counter() - t
-    res["list_again_bytes_written_per_file"] = round((_wchar() - w) / n, 1)
+    res["list_again_bytes_written_per_file"] = round((bytes_written() - w) / n, 1)
     t = time.perf_counter()
     res["manifest_rows"] = write_manifest(store, target)
     ms["manifest"] = time.perf_counter() - t

@@ -36,13 +36,9 @@ sys.path.insert(0, str(ROOT))
 from medanon.discover import Inspected  # noqa: E402
 from medanon.state import StateStore  # noqa: E402
 from medanon.storage.base import SourceEntry  # noqa: E402
+from bench import bytes_written  # noqa: E402  (wchar of /proc/self/io)
 
 SOURCE = "/archive"
-
-
-def _wchar() -> int:
-    with open("/proc/self/io") as f:
-        return int(next(line for line in f if line.startswith("wchar:")).split()[1])
 
 
 def _batches(items: list, size: int):
@@ -64,10 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {}
 
     def step(label, fn):
-        w, t = _wchar(), time.perf_counter()
+        w, t = bytes_written(), time.perf_counter()
         fn()
         results[label] = {"us_per_file": round((time.perf_counter() - t) / n * 1e6, 2),
-                          "bytes_per_file": round((_wchar() - w) / n, 1)}
+                          "bytes_per_file": round((bytes_written() - w) / n, 1)}
 
     step("listed", lambda: store.register(SOURCE, listing, "r1"))
     ids = [r[0] for r in store.db.execute("SELECT id FROM files ORDER BY id")]
