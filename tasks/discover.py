@@ -13,8 +13,10 @@ from medanon.state import StateStore
 
 @task(name="discover", task_run_name="discover-{label}", cache_policy=NO_CACHE, persist_result=False)
 def discover(cfg: WorkerConfig, store: StateStore, run_id: str, label: str) -> dict:
-    """Walk the source (flow side: the listing goes to the state store only). Returns counts,
-    with the folders that could not be read (``unlisted_dirs``; never their names: they may hold PHI)."""
+    """Walk the source (flow side: the listing goes to the state store only). Returns counts: listed,
+    new, changed, unchanged, and of the unchanged files how many are instances, reports and already
+    exported (the run's summary takes them from here), with the folders that could not be read
+    (``unlisted_dirs``; never their names: they may hold PHI)."""
     source = cfg.open_source()
     counts = store.register(cfg.source, source.iter_entries(), run_id)
     counts["unlisted_dirs"] = getattr(source, "unlisted_dirs", 0)
