@@ -291,7 +291,7 @@ def _opened_in_turn(source, items: list[tuple], ahead: int) -> Iterator[tuple[tu
 
 
 REMOTE_WRITES_AT_ONCE = 4  # instances a scrub task uploads at once to an S3 target
-REMOTE_WRITE_OVERLAP_MAX = 8 << 20  # larger ones (multipart uploads: the transfer dominates) one at a time
+REMOTE_WRITE_OVERLAP_MAX = 8 << 20  # larger ones one at a time, each a multipart upload of s3.PARTS_AT_ONCE parts at once
 
 
 class _Uploads:

@@ -91,15 +91,16 @@ class InFlight:
         self.call = slowed
         monkeypatch.setattr(cls, name, slowed)
 
-    def overlapped_then_one_at_a_time(self, monkeypatch, setting: str, run) -> tuple:
-        """``run()`` as configured, then with ``pipeline.<setting>`` at 1: both results, once the
-        calls were seen to overlap in the first and not in the second."""
+    def overlapped_then_one_at_a_time(self, monkeypatch, setting: str, run, module=None) -> tuple:
+        """``run()`` as configured, then with ``<module>.<setting>`` at 1 (module: medanon.pipeline
+        unless given): both results, once the calls were seen to overlap in the first and not in the
+        second."""
         from medanon import pipeline
 
         self.most = 0
         overlapped = run()
         assert self.most > 1
-        monkeypatch.setattr(pipeline, setting, 1)
+        monkeypatch.setattr(module or pipeline, setting, 1)
         self.most = 0
         one = run()
         assert self.most == 1
@@ -181,6 +182,43 @@ def test_multipart_upload_invisible_until_complete(moto_s3, tmp_path):
         t.put_file("P3/bad.dcm", str(f), sha(b"wrong"))
     assert "out/P3/bad.dcm" not in keys(moto_s3)
     assert pending_uploads(moto_s3) == []
+
+
+def test_multipart_upload_sends_parts_at_once_in_order(moto_s3, monkeypatch):
+    """A large object's parts go up several at a time while the next is read and hashed; the object
+    is the same as when they go one at a time (parts completed in number order, whatever order
+    they finished in), and an upload that fails part-way leaves nothing behind."""
+    from medanon.storage import s3
+
+    data = os.urandom(23 * MIB)  # 5 parts of 5 MiB: 4 at once, then the last
+    t = target(moto_s3, multipart_threshold=5 * MIB)
+    parts = InFlight(monkeypatch, S3Target, "_upload_part")
+    observer = raw_client(moto_s3)
+
+    names = iter(["P9/at-once.dcm", "P9/in-turn.dcm"])
+
+    def upload():
+        key = f"out/{next(names)}"
+        assert t.put_bytes(key[4:], data, sha(data)) is True
+        obj = observer.get_object(Bucket=BUCKET, Key=key)
+        return obj["Body"].read(), obj["Metadata"]["sha256"]
+
+    at_once, one = parts.overlapped_then_one_at_a_time(monkeypatch, "PARTS_AT_ONCE", upload, module=s3)
+    assert at_once == one == (data, sha(data))
+    assert pending_uploads(moto_s3) == []
+
+    monkeypatch.setattr(s3, "PARTS_AT_ONCE", 4)
+    real = parts.call
+
+    def third_fails(self, key, upload_id, number, chunk):
+        if number == 3:
+            raise botocore.exceptions.ClientError({"Error": {"Code": "AccessDenied", "Message": "x"}}, "UploadPart")
+        return real(self, key, upload_id, number, chunk)
+
+    monkeypatch.setattr(S3Target, "_upload_part", third_fails)
+    with pytest.raises(StorageError):
+        t.put_bytes("P9/failed.dcm", data, sha(data))
+    assert "out/P9/failed.dcm" not in keys(moto_s3) and pending_uploads(moto_s3) == []
 
 
 def test_multipart_fatal_error_aborts_and_transient_error_restarts(moto_s3):
@@ -284,19 +322,23 @@ def test_a_write_refused_for_space_is_a_full_target(moto_s3, status, code):
     t.client.meta.events.unregister("before-send.s3.PutObject", refuse)
     assert t.put_bytes("Q/a.dcm", b"abc", sha(b"abc")) is True  # space added: the same target writes it
 
-    big = os.urandom(3 * 1024 * 1024)
+    big = os.urandom(8 * 1024 * 1024)
     m = target(moto_s3, client_max_attempts=1, multipart_threshold=1024 * 1024, part_size=5 * 1024 * 1024)
     m.part_size = 1024 * 1024  # small parts for the test (the S3 minimum is not enforced by moto)
-    parts = {"n": 0}
+    sent = []
 
-    def refuse_second_part(**kw):
-        parts["n"] += 1
-        return fake_error(status, code) if parts["n"] == 2 else None
+    def refuse_second_part(request, **kw):  # parts go up in threads: chosen by number, not by call order
+        sent.append(request.url)
+        return fake_error(status, code) if "partNumber=2&" in request.url + "&" else None
 
     m.client.meta.events.register("before-send.s3.UploadPart", refuse_second_part)
     with pytest.raises(TargetFull):
         m.put_bytes("Q/big.dcm", big, sha(big))
-    assert parts["n"] == 2 and "out/Q/big.dcm" not in keys(moto_s3)
+    # parts go up several at once: those already under way when the refusal came may be sent, then
+    # the upload stops (8 parts here)
+    from medanon.storage.s3 import PARTS_AT_ONCE
+
+    assert 2 <= len(sent) <= 2 + PARTS_AT_ONCE < 8 and "out/Q/big.dcm" not in keys(moto_s3)
     assert m.client.list_multipart_uploads(Bucket="medanon-test").get("Uploads", []) == []  # aborted
 
     source = S3Source("s3://medanon-test/out", endpoint_url=moto_s3.endpoint_url, max_attempts=1,
@@ -393,10 +435,12 @@ def test_server_killed_during_multipart_upload_restarts_upload(moto_s3):
     t = target(moto_s3, multipart_threshold=5 * MIB, max_attempts=12, backoff_base=0.2, backoff_cap=1.0,
                client_max_attempts=1, connect_timeout=1, read_timeout=5)
     state = {"killed": False, "restarter": None}
+    lock = threading.Lock()  # parts go up in threads: only the first one to complete kills the server
 
     def kill_after_first_part(**kw):
-        if not state["killed"]:
-            state["killed"] = True
+        with lock:
+            first, state["killed"] = not state["killed"], True
+        if first:
             moto_s3.kill()
 
             def later():

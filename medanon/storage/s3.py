@@ -34,6 +34,7 @@ import random
 import tempfile
 import threading
 import time
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any, BinaryIO, Callable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
@@ -46,6 +47,9 @@ T = TypeVar("T")
 MIB = 1024 * 1024
 MIN_PART_SIZE = 5 * MIB  # S3 minimum for every part but the last
 MAX_PARTS = 10_000
+# a multipart upload sends this many parts at once while it reads and hashes the next: each part is a
+# request with its own round trip and its own connection's throughput (memory: this many parts + 1)
+PARTS_AT_ONCE = 4
 CHUNK = 1 * MIB
 SPOOL_MAX = 64 * MIB
 HEAD_BLOCK = 256 * 1024  # first ranged read of a header: what discovery's split path reads
@@ -556,9 +560,16 @@ class S3Target(_S3Base):
         completed = False
         try:
             whole = hashlib.sha256()
-            parts = []
+            parts: dict[int, dict] = {}
             total = 0
-            with opener() as fh:
+            with opener() as fh, ThreadPoolExecutor(PARTS_AT_ONCE) as pool:
+                sending: dict = {}  # future -> part number; at most PARTS_AT_ONCE, so none waits in the pool
+
+                def settle(return_when) -> None:
+                    done, _ = wait(sending, return_when=return_when)
+                    for f in done:  # the first error raises; the pool's exit waits for the rest
+                        parts[sending.pop(f)] = f.result()
+
                 number = 0
                 while True:
                     chunk = _local_call(fh.read, part_size)
@@ -567,27 +578,35 @@ class S3Target(_S3Base):
                     number += 1
                     whole.update(chunk)
                     total += len(chunk)
-                    digest = base64.b64encode(hashlib.sha256(chunk).digest()).decode("ascii")
-                    r = self.client.upload_part(
-                        Bucket=self.bucket,
-                        Key=key,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        Body=chunk,
-                        ContentLength=len(chunk),
-                        ChecksumSHA256=digest,
-                    )
-                    parts.append({"PartNumber": number, "ETag": r["ETag"], "ChecksumSHA256": digest})
+                    sending[pool.submit(self._upload_part, key, upload_id, number, chunk)] = number
                     del chunk
+                    if len(sending) >= PARTS_AT_ONCE:
+                        settle(FIRST_COMPLETED)
+                if sending:
+                    settle(ALL_COMPLETED)
             if total != size or whole.hexdigest() != sha256:
                 raise StorageError("input changed or sha256 mismatch; nothing written")
             self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                Bucket=self.bucket, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": [parts[n] for n in sorted(parts)]},
             )
             completed = True
         finally:
             if not completed:
                 self._abort(key, upload_id)
+
+    def _upload_part(self, key: str, upload_id: str, number: int, chunk: bytes) -> dict:
+        digest = base64.b64encode(hashlib.sha256(chunk).digest()).decode("ascii")
+        r = self.client.upload_part(
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=chunk,
+            ContentLength=len(chunk),
+            ChecksumSHA256=digest,
+        )
+        return {"PartNumber": number, "ETag": r["ETag"], "ChecksumSHA256": digest}
 
     def _abort(self, key: str, upload_id: str) -> None:
         try:
