@@ -14,12 +14,15 @@ For each delay it times ``inspect_batch`` with 1 and ``REMOTE_HEADER_READS`` hea
 ``scrub_batch`` from the bucket to a local target with 1 and ``REMOTE_READS_AHEAD`` downloads at
 once, and ``scrub_batch`` from local disk to the bucket (a new prefix each time, so nothing is
 skipped as identical; the delay on each HEAD and PUT) with 1 and ``REMOTE_WRITES_AT_ONCE`` uploads
-at once, and checks that each pair gives the same result.
+at once, and a multipart upload of one large object (``--big-mib``, parts of the target's default
+8 MiB; the delay on each part) with 1 and ``s3.PARTS_AT_ONCE`` parts at once, and checks that each
+pair gives the same result.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=200, help="CT instances in the bucket")
     ap.add_argument("--rtt", type=float, action="append", help="ms added to each request (repeatable)")
+    ap.add_argument("--big-mib", type=int, default=64, help="MiB of the large object uploaded in parts")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     delays = args.rtt if args.rtt is not None else [0.0, 10.0, 30.0]
@@ -51,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     import bench
     from medanon import pipeline
     from medanon.profile import get_profile
+    from medanon.storage import s3
     from medanon.storage.s3 import S3Source, S3Target
 
     work = Path(tempfile.mkdtemp(prefix="medanon-s3-latency-"))
@@ -58,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.build_archive(work / "src", args.n)
         files = sorted(p for p in (work / "src").rglob("*") if p.is_file())
+        big = work / "big.bin"
+        big.write_bytes(os.urandom(args.big_mib * 2**20))
+        big_sha = hashlib.sha256(big.read_bytes()).hexdigest()
         with MotoS3Server(buckets=[BUCKET], log_path=str(work / "moto.log")) as srv:
             c = boto3.client("s3", endpoint_url=srv.endpoint_url, region_name="us-east-1")
             for i, p in enumerate(files):
@@ -83,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             real_head, real_put = S3Target.exists_same, S3Target._single_put
             headers_at_once, ahead = pipeline.REMOTE_HEADER_READS, pipeline.REMOTE_READS_AHEAD
             writes = pipeline.REMOTE_WRITES_AT_ONCE
+            real_part, parts_at_once = S3Target._upload_part, s3.PARTS_AT_ONCE
             for rtt in delays:
                 S3Source._get_range = lambda self, *a, _r=rtt: (time.sleep(_r / 1000), real_range(self, *a))[1]
                 S3Source._download = lambda self, *a, _r=rtt: (time.sleep(_r / 1000), real_download(self, *a))[1]
@@ -114,6 +123,16 @@ def main(argv: list[str] | None = None) -> int:
                     row[f"write_{k}_s"] = round(time.perf_counter() - t, 2)
                 assert wrote[1] == wrote[writes] and wrote[1]["exported"] == len(local)
                 S3Target.exists_same, S3Target._single_put = real_head, real_put
+                S3Target._upload_part = lambda self, *a, _r=rtt: (time.sleep(_r / 1000), real_part(self, *a))[1]
+                target = to_bucket(f"big-{rtt:g}").open_target()
+                for k in (1, parts_at_once):
+                    s3.PARTS_AT_ONCE = k
+                    t = time.perf_counter()
+                    assert target.put_file(f"big-{k}.bin", str(big), big_sha) is True
+                    row[f"big_{k}_s"] = round(time.perf_counter() - t, 2)
+                    got = c.get_object(Bucket=BUCKET, Key=f"big-{rtt:g}/big-{k}.bin")["Body"].read()
+                    assert hashlib.sha256(got).hexdigest() == big_sha
+                S3Target._upload_part, s3.PARTS_AT_ONCE = real_part, parts_at_once
                 pipeline.REMOTE_HEADER_READS, pipeline.REMOTE_READS_AHEAD = headers_at_once, ahead
                 pipeline.REMOTE_WRITES_AT_ONCE = writes
                 print(f"rtt {rtt:g} ms: {row}", file=sys.stderr, flush=True)
@@ -127,11 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         h, a, w = pipeline.REMOTE_HEADER_READS, pipeline.REMOTE_READS_AHEAD, pipeline.REMOTE_WRITES_AT_ONCE
         print(f"{args.n} CT instances, moto on 127.0.0.1, seconds for one task (inspect and scrub from the "
               "bucket; write: scrub from local disk to the bucket):")
+        b = s3.PARTS_AT_ONCE
         print(f"{'added ms/request':>17} {'inspect x1':>11} {'inspect x' + str(h):>11} {'scrub x1':>9} "
-              f"{'scrub x' + str(a):>9} {'write x1':>9} {'write x' + str(w):>9}")
+              f"{'scrub x' + str(a):>9} {'write x1':>9} {'write x' + str(w):>9} {'big x1':>7} {'big x' + str(b):>7}")
         for r in results:
             print(f"{r['rtt_ms']:>17g} {r['inspect_1_s']:>11} {r[f'inspect_{h}_s']:>11} {r['scrub_1_s']:>9} "
-                  f"{r[f'scrub_{a}_s']:>9} {r['write_1_s']:>9} {r[f'write_{w}_s']:>9}")
+                  f"{r[f'scrub_{a}_s']:>9} {r['write_1_s']:>9} {r[f'write_{w}_s']:>9} {r['big_1_s']:>7} "
+                  f"{r[f'big_{b}_s']:>7}")
     return 0
 
 
