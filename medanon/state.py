@@ -189,9 +189,10 @@ class StateStore:
                     changed = db.execute(
                         "SELECT f.id, c.size, c.token FROM listing.chunk c CROSS JOIN files f ON f.source=? "
                         "AND f.relpath=c.relpath WHERE f.size!=c.size OR f.token!=c.token", (source,)).fetchall()
-                    counts["changed"] += db.executemany(
+                    db.executemany(
                         "UPDATE OR FAIL files SET size=?, token=?, seen_run=?, kind=NULL, reason='', status='new' "
-                        "WHERE id=?", ((size, token, run_id, fid) for fid, size, token in changed)).rowcount
+                        "WHERE id=?", [(size, token, run_id, fid) for fid, size, token in changed])
+                    counts["changed"] += len(changed)
                     # one statement for the chunk: row by row, the ledger's triggers make SQLite journal
                     # every statement's pages (about 30 KB written per file, and twice the time)
                     counts["new"] += db.execute(
