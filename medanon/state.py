@@ -165,8 +165,8 @@ class StateStore:
                   "dicom": 0, "reports": 0, "exported_before": 0}
         chunk: list[tuple] = []
         reread = ",".join("?" * len(REREAD_REASONS))
-        match = ("FROM listing.chunk c CROSS JOIN files f ON f.source=? AND f.relpath=c.relpath "
-                 "AND f.size=c.size AND f.token=c.token")  # CROSS JOIN: the chunk drives, files by its index
+        known = "FROM listing.chunk c CROSS JOIN files f ON f.source=? AND f.relpath=c.relpath"  # the chunk drives
+        match = f"{known} AND f.size=c.size AND f.token=c.token"  # the unchanged ones
 
         def flush():
             with self.tx() as db:
@@ -187,8 +187,8 @@ class StateStore:
                 counts["unchanged"] += unchanged
                 if unchanged < len(chunk):  # not the usual chunk of a nightly run: some are new or changed
                     changed = db.execute(
-                        "SELECT f.id, c.size, c.token FROM listing.chunk c CROSS JOIN files f ON f.source=? "
-                        "AND f.relpath=c.relpath WHERE f.size!=c.size OR f.token!=c.token", (source,)).fetchall()
+                        f"SELECT f.id, c.size, c.token {known} WHERE f.size!=c.size OR f.token!=c.token",
+                        (source,)).fetchall()
                     db.executemany(
                         "UPDATE OR FAIL files SET size=?, token=?, seen_run=?, kind=NULL, reason='', status='new' "
                         "WHERE id=?", [(size, token, run_id, fid) for fid, size, token in changed])
