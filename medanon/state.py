@@ -172,18 +172,20 @@ class StateStore:
             with self.tx() as db:
                 db.execute("DELETE FROM listing.chunk")
                 db.executemany("INSERT INTO listing.chunk VALUES (?,?,?)", chunk)
-                unchanged = 0
-                for kind, exported, n in db.execute(
-                        "SELECT f.kind, f.status='done' AND f.done_token=f.size||':'||f.token, COUNT(*) "
-                        f"{match} GROUP BY 1, 2", (source,)):
+                unchanged = not_exported = 0
+                for kind, done, same_version, n in db.execute(
+                        "SELECT f.kind, f.status='done', f.done_token=f.size||':'||f.token, COUNT(*) "
+                        f"{match} GROUP BY 1, 2, 3", (source,)):
                     unchanged += n
+                    not_exported += 0 if done else n
                     counts["dicom"] += n if kind == "dicom" else 0
                     counts["reports"] += n if kind == "report" else 0
-                    counts["exported_before"] += n if kind == "dicom" and exported else 0
-                db.execute("UPDATE files SET seen_run=?, kind=CASE WHEN kind='quarantine' AND "
-                           f"reason IN ({reread}) THEN NULL ELSE kind END "
-                           f"WHERE id IN (SELECT f.id {match} WHERE f.status!='done')",
-                           (run_id, *REREAD_REASONS, source))
+                    counts["exported_before"] += n if kind == "dicom" and done and same_version else 0
+                if not_exported:  # a chunk of an archive exported night after night has none: no second pass
+                    db.execute("UPDATE files SET seen_run=?, kind=CASE WHEN kind='quarantine' AND "
+                               f"reason IN ({reread}) THEN NULL ELSE kind END "
+                               f"WHERE id IN (SELECT f.id {match} WHERE f.status!='done')",
+                               (run_id, *REREAD_REASONS, source))
                 counts["unchanged"] += unchanged
                 if unchanged < len(chunk):  # not the usual chunk of a nightly run: some are new or changed
                     changed = db.execute(
