@@ -15,6 +15,7 @@ import uuid
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed
+from prefect.states import Cancelled
 from prefect.utilities.annotations import opaque
 
 from medanon.export import record_batch
@@ -23,7 +24,7 @@ from medanon.pipeline import (Batch, BatchIncomplete, WorkerConfig, batch_size_f
                               inspection_plan, make_durable, scrub_batch_size, worker_processes)
 from medanon.profile import get_profile
 from medanon.request import RunRequest, TargetChoice
-from medanon.state import StateStore
+from medanon.state import StateStore, StoreInUse, run_lock
 from medanon.storage import LocalTarget, TargetFull
 from tasks.discover import discover, inspect
 from tasks.export import export, manifest
@@ -122,6 +123,20 @@ def anonymize(request: RunRequest) -> dict:
     started = time.time()
     state_dir = req.state_dir or default_state_dir()
     run_id = _run_id()
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(run_lock(state_dir, run_id))  # one run at a time per state store
+        except StoreInUse as busy:
+            if not _in_deployment():
+                raise  # the CLI exits 2 with the message
+            # a scheduled run that comes while the last one still runs: cancelled, as Prefect's own
+            # deployment concurrency limit would, not failed
+            logger.warning("%s", busy)
+            return Cancelled(message=str(busy))
+        return _anonymize(req, logger, started, state_dir, run_id)
+
+
+def _anonymize(req: RunRequest, logger, started: float, state_dir: str, run_id: str) -> dict:
     store = StateStore(state_dir)
     try:
         target = req.target

@@ -206,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - one PHI-free line, never a traceback with values
         from .keys import KeyError_
+        from .state import StoreInUse
 
-        if isinstance(exc, KeyError_):
+        if isinstance(exc, (KeyError_, StoreInUse)):
             print(f"medanon: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         print(f"medanon: error: the run failed ({type(exc).__name__})", file=sys.stderr)

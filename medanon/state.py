@@ -101,6 +101,55 @@ def _secure_dir(path: Path) -> None:
 REREAD_REASONS = ("read-error", "changed")
 
 
+LOCK_NAME = "run.lock"
+
+
+class StoreInUse(Exception):
+    """Another run holds the state store. PHI-free message: who holds it, never a path."""
+
+
+@contextmanager
+def run_lock(state_dir: str | os.PathLike, run_id: str = ""):
+    """Hold the state store for one run: a second run on the same state directory stops at once.
+
+    Two runs on one store would plan, scrub and record the same files side by side (each takes the
+    other's planned files for those of a killed run). The lock is an ``flock`` on ``run.lock`` in the
+    state directory: the kernel drops it when the holding process ends in any way, so a killed run
+    never leaves a stale lock and the next run resumes. The file says who holds it (process, host,
+    start time, flow run id: PHI-free) for the message the second run gives. Without ``fcntl``
+    (Windows) there is no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        yield
+        return
+    import socket
+    from datetime import datetime, timezone
+
+    directory = Path(state_dir).expanduser().resolve()
+    _secure_dir(directory)
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 1024, 0).decode("ascii", "replace").strip() or "another process"
+            raise StoreInUse(f"the state store is in use by another run ({holder}); one run at a time uses a "
+                             "state store: wait for that run to end, or give this one another state directory") \
+                from None
+        started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        info = f"pid {os.getpid()} on {socket.gethostname()}, started {started}"
+        info += f", flow run {run_id}" if run_id else ""
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode("ascii", "replace") + b"\n", 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # the lock goes with the descriptor; the empty file stays
+    finally:
+        os.close(fd)
+
+
 class StateStore:
     def __init__(self, state_dir: str | os.PathLike):
         self.dir = Path(state_dir).expanduser().resolve()

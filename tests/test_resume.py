@@ -173,3 +173,29 @@ def test_fresh_state_dir_never_trusts_an_old_cached_batch(tmp_path, cli_env):
     again = run_json(["run", str(src), str(out), "--state-dir", str(tmp_path / "s2"), "--batch-size", "4"], cli_env)
     assert again["exported"] == 12
     assert len(list(out.rglob("*.dcm"))) == 12
+
+
+def test_a_second_run_on_a_state_store_in_use_stops_and_a_killed_holder_frees_it(tmp_path, cli_env):
+    """Two runs on one state store would scrub the same files side by side: the second stops at
+    once (exit 2, the holder named, nothing written). A holder killed with SIGKILL leaves no lock."""
+    src = tmp_path / "src"
+    build_series_archive(src, 6, per_series=6)
+    state, out = tmp_path / "state", tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom medanon.state import run_lock\n"
+         "with run_lock(sys.argv[1], 'first-run'):\n    print('held', flush=True)\n    time.sleep(600)\n",
+         str(state)], cwd=str(ROOT), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = run_cli(["run", str(src), str(out), "--state-dir", str(state)], cli_env, check=False)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        error = proc.stderr.strip().splitlines()[-1]
+        assert error.startswith("medanon: error: the state store is in use by another run (pid "
+                                f"{holder.pid} on "), error
+        assert "flow run first-run" in error and str(state) not in error
+        assert not out.exists() or not list(out.rglob("*.dcm"))
+    finally:
+        holder.kill()
+        holder.wait()
+    summary = run_json(["run", str(src), str(out), "--state-dir", str(state)], cli_env)
+    assert summary["exported"] == 6

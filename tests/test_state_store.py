@@ -165,3 +165,25 @@ def test_a_folder_the_listing_cannot_read_is_counted_and_the_rest_listed(tmp_pat
     assert source.unlisted_dirs == 1
     monkeypatch.setattr(os, "scandir", real)
     assert len(list(source.iter_entries())) == 4 and source.unlisted_dirs == 0  # counted per listing
+
+
+def test_one_run_at_a_time_holds_a_state_store(tmp_path):
+    """A second run on the same state directory stops at once, with a message naming the holder
+    (process and flow run, no path); once the first lets go, the next run gets the store."""
+    import os
+
+    import pytest
+
+    from medanon.state import LOCK_NAME, StoreInUse, run_lock
+
+    with run_lock(tmp_path, "run-one"):
+        assert (tmp_path / LOCK_NAME).stat().st_mode & 0o777 == 0o600
+        with pytest.raises(StoreInUse) as held:
+            with run_lock(tmp_path, "run-two"):
+                pytest.fail("a second run got the store")
+        message = str(held.value)
+        assert f"pid {os.getpid()}" in message and "flow run run-one" in message
+        assert str(tmp_path) not in message
+    with run_lock(tmp_path, "run-two"):  # released: the next run goes on
+        pass
+    assert (tmp_path / LOCK_NAME).read_bytes() == b""
