@@ -15,6 +15,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from datetime import date, timedelta
 from pathlib import Path
@@ -35,6 +36,20 @@ def _decode_key(text: str) -> bytes:
     return text.encode("utf-8")
 
 
+def _read_key_file(path: str | os.PathLike) -> bytes:
+    """A key file's key. Its bytes never reach an exception: a file that is not UTF-8 text raises
+    a message of its own (a UnicodeDecodeError would carry the bytes into logs and Prefect)."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError:
+        raise KeyError_("cannot read the key file") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise KeyError_("the key file is not text: write the key as UTF-8 text (e.g. base64 or hex)") from None
+    return _decode_key(text)
+
+
 def load_key(
     key_file: str | None = None,
     key_block: str | None = None,
@@ -42,10 +57,7 @@ def load_key(
     create: bool = True,
 ) -> bytes:
     if key_file:
-        try:
-            return _decode_key(Path(key_file).read_text())
-        except OSError:
-            raise KeyError_("cannot read the key file") from None
+        return _read_key_file(key_file)
     if key_block:
         from prefect.blocks.system import Secret
 
@@ -57,7 +69,7 @@ def load_key(
         raise KeyError_("no key: set MEDANON_KEY, --key-file, --key-block or a state dir")
     path = Path(state_dir) / KEY_FILE_NAME
     if path.exists():
-        return _decode_key(path.read_text())
+        return _read_key_file(path)
     if not create:
         raise KeyError_("no key in the state dir")
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -151,24 +163,42 @@ class Pseudonymizer:
         return self.digest("cache", "\x1f".join(parts)).hex()
 
 
-def shift_date(value: str, days: int) -> str:
-    """Shift a DA value (YYYYMMDD, or a DA range/partial) by days; unparseable -> '' ."""
+# a DT: the date, then optional hh, mm, ss, .ffffff, and a UTC offset (&ZZXX)
+_DT = r"\d{8}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?(?:[+-]\d{4})?"
+_DT_ONE = re.compile(f"({_DT})")
+_DT_RANGE = re.compile(f"({_DT})?-({_DT})?")
+
+
+def _shift_one(v: str, days: int) -> str | None:
+    """One DA or DT value with its date shifted (the time and offset kept); None if not one."""
+    try:
+        d = date(int(v[:4]), int(v[4:6]), int(v[6:8])) + timedelta(days=days)
+    except ValueError:
+        return None
+    return d.strftime("%Y%m%d") + v[8:]
+
+
+def _shift_value(value: str, days: int) -> str:
+    """A DA or DT value, or a range of them ("A-B", "-B", "A-"), every date in it shifted.
+    Anything else (text after a date, a partial date) is not a date: ''."""
     v = value.strip()
-    if len(v) >= 8 and v[:8].isdigit():
-        try:
-            d = date(int(v[:4]), int(v[4:6]), int(v[6:8])) + timedelta(days=days)
-        except ValueError:
-            return ""
-        return d.strftime("%Y%m%d") + v[8:]
+    if _DT_ONE.fullmatch(v):
+        return _shift_one(v, days) or ""
+    m = _DT_RANGE.fullmatch(v)
+    if m and v != "-":
+        ends = [_shift_one(e, days) if e else "" for e in m.groups()]
+        return "" if None in ends else "-".join(ends)
     return ""
+
+
+def shift_date(value: str, days: int) -> str:
+    """Shift a DA value (YYYYMMDD, or a range of them) by days; unparseable -> '' ."""
+    return _shift_value(value, days)
 
 
 def shift_datetime(value: str, days: int) -> str:
-    """Shift a DT value (YYYYMMDDhhmmss.ffffff&zzzz) keeping the time part."""
+    """Shift a DT value (YYYYMMDDhhmmss.ffffff&zzzz, or a range) keeping the time part."""
     v = value.strip()
-    if len(v) >= 8:
-        head = shift_date(v[:8], days)
-        return head + v[8:] if head else ""
     if len(v) == 4 and v.isdigit():  # year only: cannot shift by days meaningfully
         return v
-    return ""
+    return _shift_value(v, days)

@@ -147,6 +147,24 @@ def test_bad_invocations_exit_nonzero_with_one_line(tmp_path, cli_env):
     assert proc.returncode == 2 and "state dir" in proc.stderr
 
 
+def test_a_key_file_that_is_not_text_stops_the_run_without_its_bytes(archive, tmp_path, cli_env):
+    """Raw random bytes as a key file: exit 2 with a reason, and the bytes reach neither the
+    console nor Prefect's logs and database."""
+    src, _ = archive
+    env = {k: v for k, v in cli_env.items() if k != "MEDANON_KEY"}
+    key_file = tmp_path / "key.bin"
+    key_file.write_bytes(b"KEYMARK-\xff\xfe\x00" + bytes(range(128, 200)))
+    proc = run_cli(["run", str(src), str(tmp_path / "out"), "--state-dir", str(tmp_path / "state"),
+                    "--key-file", str(key_file)], env, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == ("medanon: error: the key file is not text: write the key as "
+                                                    "UTF-8 text (e.g. base64 or hex)")
+    assert "KEYMARK" not in proc.stdout + proc.stderr
+    for path in Path(env["PREFECT_HOME"]).rglob("*"):
+        if path.is_file():
+            assert b"KEYMARK" not in path.read_bytes(), path.name
+
+
 def test_allow_burned_in_exports_guarded_instances(archive, tmp_path, cli_env):
     src, _ = archive
     state = str(tmp_path / "state")
