@@ -52,6 +52,10 @@ BURNED_IN_CLASS_PREFIXES = (
     "1.2.840.10008.5.1.4.1.1.77.1.",  # visible light (photos, video, endoscopy)
     "1.2.840.10008.5.1.4.1.1.104.",  # encapsulated documents
 )
+BURNED_IN_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.6",  # ultrasound, retired
+    "1.2.840.10008.5.1.4.1.1.3",  # ultrasound multi-frame, retired
+}
 HEAD_BYTES = 132
 IN_MEMORY_LIMIT = 64 * 1024 * 1024
 
@@ -305,7 +309,7 @@ def classify(ds, base: dict, size: int, end: int, has_pixels: bool | None = None
             patient_id=str(ds.get("PatientID", "") or ""),
             study_date=str(ds.get("StudyDate", "") or ""),
             header={
-                "burned_in": str(ds.get("BurnedInAnnotation", "") or "").upper(),
+                "burned_in": burned_in_flag(ds.get("BurnedInAnnotation", "")),
                 "has_pixels": has_pixels if has_pixels is not None else (
                     0x7FE00010 in ds._dict or 0x7FE00008 in ds._dict or 0x7FE00009 in ds._dict),
             },
@@ -315,13 +319,27 @@ def classify(ds, base: dict, size: int, end: int, has_pixels: bool | None = None
     return Inspected(**base, kind="dicom", **info)
 
 
+def burned_in_flag(value) -> str:
+    """Burned In Annotation as 'YES', 'NO' or '' (absent or empty). Only a plain NO clears an
+    instance: leading spaces do not count (CS), and any other value, or several values of which
+    one is not NO (``YES\\NO``), is taken as YES."""
+    if value is None or isinstance(value, str):
+        value = (value or "").split("\\")
+    values = [str(v).strip().upper() for v in value]  # a str, or pydicom's MultiValue
+    values = [v for v in values if v]
+    if not values:
+        return ""
+    return "NO" if all(v == "NO" for v in values) else "YES"
+
+
 def needs_burned_in_guard(item: Inspected) -> bool:
-    burned = item.header.get("burned_in", "")
+    burned = burned_in_flag(item.header.get("burned_in", ""))
     if burned == "YES":
         return True
     if burned == "NO" or not item.header.get("has_pixels"):
         return False
-    return item.modality.upper() in BURNED_IN_MODALITIES or item.sop_class.startswith(BURNED_IN_CLASS_PREFIXES)
+    return (item.modality.strip().upper() in BURNED_IN_MODALITIES or item.sop_class in BURNED_IN_CLASSES
+            or item.sop_class.startswith(BURNED_IN_CLASS_PREFIXES))
 
 
 def policy_reason(item: Inspected, clean_structured_content: bool, allow_burned_in: bool) -> str:
