@@ -152,6 +152,9 @@ _CONSTANT_ELEMENTS: dict = {}
 _TEXT_ELEMENTS: dict = {}
 _STR_TYPES = (str, pydicom.uid.UID)
 _META_VR_PAD = {"UI": b"\x00", "OB": b"\x00"}
+# File Meta Information Version, Media Storage SOP Class and Instance UIDs, Transfer Syntax UID,
+# Implementation Class UID and Version Name (the group length is computed)
+_META_KEPT_TAGS = frozenset((0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013))
 
 
 def _encode_meta(meta) -> bytes:
@@ -159,15 +162,15 @@ def _encode_meta(meta) -> bytes:
     the same bytes pydicom's write_file_meta_info writes, without its per-call overhead."""
     from pydicom.datadict import dictionary_VR
 
-    if "FileMetaInformationVersion" not in meta:
-        meta.FileMetaInformationVersion = b"\x00\x01"
+    # an allow-list (as the scrubber's): nothing else of the source's meta is written
+    for tag in [t for t in meta._dict if int(t) not in _META_KEPT_TAGS]:
+        del meta[tag]
+    meta.FileMetaInformationVersion = b"\x00\x01"  # never copied
     if "ImplementationClassUID" not in meta:
         meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
         meta.ImplementationVersionName = f"PYDICOM {pydicom.__version__}"[:16]
     body = io.BytesIO()
     for tag in sorted(meta._dict):
-        if tag == 0x00020000:
-            continue
         elem = meta[tag]
         vr = elem.VR if elem.VR and len(elem.VR) == 2 else dictionary_VR(tag)
         value = elem.value

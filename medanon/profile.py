@@ -165,6 +165,22 @@ def safe_private() -> frozenset[tuple[int, str, int]]:
 
 
 @lru_cache(maxsize=1)
+def safe_private_vrs() -> dict[tuple[int, str, int], str]:
+    """(group, private creator exactly as in the table, element low byte) -> the table's VR
+    ("" when it gives none; "OW/OB" when either) of Table E.3.10-1."""
+    out: dict[tuple[int, str, int], str] = {}
+    for r in _read_csv(TABLE_SAFE_PRIVATE):
+        m = re.match(r"^\(([0-9A-Fa-f]{4}),xx([0-9A-Fa-f]{2})\)$", r["Data Element"].strip())
+        if m:
+            key = (int(m.group(1), 16), r["Private Creator"].strip(), int(m.group(2), 16))
+            vr = r["VR"].strip().upper()
+            if key in out and out[key] != vr:  # listed twice with different VRs: either
+                vr = "/".join(sorted(set(out[key].split("/")) | set(vr.split("/")) - {""}))
+            out[key] = vr
+    return out
+
+
+@lru_cache(maxsize=1)
 def csc_codes() -> dict[tuple[str, str], dict[str, str]]:
     """(coding scheme, code value) -> {"basic": action, option: action} from Table E.3.4-1."""
     cols = {

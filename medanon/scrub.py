@@ -17,13 +17,25 @@ Policy for attributes the table does not list (documented in the README):
   by its keyed pseudonym unless Retain UIDs is chosen;
 - inside a sequence whose action is D (e.g. Content Sequence under the Basic
   Profile), free-text VRs (LO, SH, LT, ST, UT, UC) are replaced by a dummy;
+- a URL (UR) is removed, and so are Patient's Birth/Death Date in Alternative Calendar,
+  Patient's Alternative Calendar and Filename in Container;
+- a date, date-time or time is treated as the profile treats listed ones: kept with
+  Retain Longitudinal Temporal Information Full Dates, shifted with Modified Dates, else removed;
   elsewhere standard attributes not listed are kept (Annex E lists the
   attributes that can identify).
+
+The VR written in an explicit VR file is not trusted: an element that would be kept (or
+handled by its table action) with a VR the data dictionary does not give its tag (UN, an
+invalid or a wrong VR) is removed. A kept safe private element must have the VR Table
+E.3.10-1 gives it and a value of that form; its text is cleaned and its UIDs replaced.
+The file meta information is an allow-list (see ``META_KEPT_TAGS``).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from pydicom import config
 from pydicom.datadict import dictionary_has_tag, dictionary_VR
@@ -33,7 +45,7 @@ from pydicom.sequence import Sequence
 
 from . import __version__
 from .keys import Pseudonymizer, shift_date, shift_datetime
-from .profile import CID7050, ActionTable, Profile, csc_codes, resolve, safe_private
+from .profile import CID7050, ActionTable, Profile, csc_codes, resolve, safe_private, safe_private_vrs
 from .textscrub import KnownIdentifiers, clean_text
 
 try:  # registered UIDs (transfer syntaxes, SOP classes, ...) are not identifying
@@ -66,6 +78,11 @@ CONTEXT_TAGS = CONTEXT_INPUT_TAGS | {0x00080005, 0x00080016, 0x00080018, 0x00080
 # Written by _mark
 MARK_TAGS = frozenset((0x00120062, 0x00120063, 0x00120064, 0x00280303))
 TEXT_VRS = {"LO", "SH", "LT", "ST", "UT", "UC"}
+# File meta elements written to an output (an allow-list; the group length is recomputed)
+META_KEPT_TAGS = frozenset((0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013))
+# Standard attributes Table E.1-1 does not list that are removed all the same: Patient's Birth
+# Date, Death Date in Alternative Calendar, Patient's Alternative Calendar, Filename in Container
+UNLISTED_REMOVED_TAGS = frozenset((0x00100033, 0x00100034, 0x00100035, 0x0008040B))
 NUMERIC_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"}
 BYTES_VRS = {"OB", "OW", "OD", "OF", "OL", "OV", "UN"}
 
@@ -114,6 +131,7 @@ class Scrubber:
         self.pseudo = pseudo
         self.table = ActionTable(profile)
         self.safe_private = safe_private() if profile.retain_safe_private else frozenset()
+        self.safe_private_vr = safe_private_vrs() if profile.retain_safe_private else {}
         self.csc = csc_codes() if profile.clean_structured_content else {}
         self._text_cache: dict = {}
         self._kept_cache: dict = {}
@@ -146,10 +164,13 @@ class Scrubber:
         sop = ds.get("SOPInstanceUID")
         if sop:
             put_element(meta, 0x00020003, "UI", sop)  # Media Storage SOP Instance UID
+        # an allow-list: AE titles, presentation addresses, RTV elements, private and unknown meta
+        # information (and the group length, recomputed by writers) are dropped
         for tag in list(meta.keys()):
-            # Source/Sending/Receiving AE titles and private meta information can identify the site
-            if tag in (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102) or tag.element == 0:
+            if int(tag) not in META_KEPT_TAGS:
                 del meta[tag]
+        if 0x00020001 in meta._dict:  # never copied: it may carry anything after its two bytes
+            put_element(meta, 0x00020001, "OB", b"\x00\x01")
 
     def _mark(self, ds: Dataset) -> None:
         """Patient Identity Removed, De-identification Method (and its code sequence: CID 7050 codes of
@@ -187,11 +208,14 @@ class Scrubber:
             return False
         if tag in CONTEXT_TAGS or tag in MARK_TAGS or vr in ("SQ", "UN"):
             return False  # pydicom may give an explicit UN element its dictionary VR when it reads it
+        if vr is not None and not vr_allowed(tag, vr):
+            return False  # a VR the dictionary does not give this tag: the walk removes it
         action = self.table.lookup(tag)
         if tag in IDENTITY_TAGS and action != "K":
             return False
         if action is None:
-            return dictionary_has_tag(tag) and vr not in ("PN", "UI")
+            return (dictionary_has_tag(tag) and vr not in ("PN", "UI", "UR", "DA", "DT", "TM")
+                    and tag not in UNLISTED_REMOVED_TAGS)
         return action == "K" and tag != PATIENT_AGE
 
     def element_memo(self):
@@ -218,9 +242,8 @@ class Scrubber:
                 if 0x0010 <= elem <= 0x00FF:
                     private_creators.append(tag)
                     continue
-                if self._keep_private(ds, tag):
+                if self._keep_private(ds, tag) and self._scrub_kept(ds, tag, ctx, mode):
                     kept_private_blocks.add((group, elem >> 8))
-                    self._scrub_kept(ds, tag, ctx, mode)
                 else:
                     del ds[tag]
                     ctx.removed += 1
@@ -262,23 +285,70 @@ class Scrubber:
         creator = ds.get(creator_tag)
         if creator is None or elem < 0x1000:
             return False
-        name = str(creator.value or "").strip().upper()
-        return (group, name, elem & 0xFF) in self.safe_private
+        value = creator.value
+        if isinstance(value, bytes):
+            value = value.decode("ascii", "replace")
+        # exact match: DICOM pads with trailing spaces (and UI-style NULs), case is significant
+        name = str(value or "").rstrip(" \x00")
+        return (group, name, elem & 0xFF) in self.safe_private_vr
 
-    def _scrub_kept(self, ds: Dataset, tag, ctx: ScrubContext, mode: str) -> None:
+    def _scrub_kept(self, ds: Dataset, tag, ctx: ScrubContext, mode: str) -> bool:
+        """Scrub a safe private element; False when it cannot be kept (it is then removed)."""
+        group, el = tag >> 16, tag & 0xFFFF
+        creator = ds[(group << 16) | (el >> 8)].value
+        if isinstance(creator, bytes):
+            creator = creator.decode("ascii", "replace")
+        table_vr = self.safe_private_vr.get((group, str(creator or "").rstrip(" \x00"), el & 0xFF), "")
+        stored = _stored_vr(ds, tag)  # as written (explicit VR), before pydicom gives a UN one a VR
         elem = ds[tag]
-        if elem.VR == "SQ":
+        vr = elem.VR
+        if table_vr:
+            allowed = table_vr.split("/")
+            if vr not in allowed or stored is not None and stored not in allowed:
+                return False  # not the VR Table E.3.10-1 gives it: its content is not what is safe
+        elif vr == "UN" or stored == "UN":
+            return False
+        check = _VALUE_FORMS.get(vr)
+        if check is not None and elem.value not in (None, ""):
+            values = list(elem.value) if elem.VM > 1 else [elem.value]
+            if not all(check.match(str(v)) for v in values):
+                return False  # not a number or code: free text hidden in a safe slot
+        if vr == "SQ":
             for item in elem.value:
                 self._walk(item, ctx, mode)
+        elif vr == "UI":
+            if not self.profile.retain_uids:
+                self._replace_uids(elem, ctx, unregistered_only=True)
+        elif vr == "PN":
+            if elem.value:
+                elem.value = DUMMY["PN"]
+        elif vr in TEXT_VRS:
+            if elem.value:
+                elem.value = self._clean_text_value(elem, ctx)
+        return True
 
     def _unlisted(self, ds: Dataset, tag, ctx: ScrubContext, mode: str) -> None:
         if not dictionary_has_tag(tag) and (tag >> 16) not in (0x0002, 0xFFFE):
             del ds[tag]
             ctx.removed += 1
             return
+        stored = _stored_vr(ds, tag)
+        if stored is not None and not vr_allowed(tag, stored):
+            # a VR the dictionary does not give this tag (UN, a wrong or invalid VR): its value
+            # cannot be trusted to be what the tag holds (a UN sequence hides its items): removed
+            del ds[tag]
+            ctx.removed += 1
+            return
         # decide from the raw element's VR first: most attributes are kept as read,
         # without converting (and re-encoding) their values
         vr = _raw_vr(ds, tag)
+        if vr == "UR" or tag in UNLISTED_REMOVED_TAGS:
+            del ds[tag]  # URLs hold hosts, UIDs and query strings; alternative calendar dates, file names
+            ctx.removed += 1
+            return
+        if vr in ("DA", "DT", "TM"):
+            self._unlisted_temporal(ds, tag, vr, ctx)
+            return
         if vr not in ("SQ", "PN", "UI") and not (mode == "D" and vr in TEXT_VRS):
             return
         elem = ds[tag]
@@ -297,21 +367,53 @@ class Scrubber:
             elem.value = TEXT_DUMMY
             ctx.replaced += 1
 
+    def _unlisted_temporal(self, ds: Dataset, tag, vr: str, ctx: ScrubContext) -> None:
+        """A date or time the table does not list is treated as the profile treats listed ones:
+        kept (full dates retained), shifted (modified dates; a time of day is unchanged by a
+        shift of whole days), else removed."""
+        if self.temporal == "UNMODIFIED":
+            return
+        if self.temporal == "REMOVED" or ctx.date_shift is None:
+            del ds[tag]
+            ctx.removed += 1
+            return
+        if vr == "TM":
+            return
+        elem = ds[tag]
+        value = elem.value
+        if value in (None, ""):
+            return
+        text = "\\".join(str(v) for v in value) if elem.VM > 1 else str(value)
+        elem.value = self._date(text, ctx, shift_date if vr == "DA" else shift_datetime)
+        ctx.replaced += 1
+
     def _apply(self, ds: Dataset, tag, action: str, ctx: ScrubContext, mode: str) -> None:
         if action == "X":
             del ds[tag]
             ctx.removed += 1
             return
+        stored = _stored_vr(ds, tag)
+        if stored is not None and stored != "UN" and not vr_allowed(tag, stored):
+            del ds[tag]  # a wrong or invalid VR: its value is not what the table's action expects
+            ctx.removed += 1
+            return
         if action == "K" and tag != PATIENT_AGE and _raw_vr(ds, tag) != "SQ":
+            if stored == "UN" and not vr_allowed(tag, "UN"):
+                del ds[tag]  # never copied as read: a UN value hides its real content (a sequence's items)
+                ctx.removed += 1
             return  # kept as read, never converted
         elem = ds[tag]
         vr = elem.VR
+        if not vr_allowed(tag, vr):  # a UN value pydicom could not give its dictionary VR
+            del ds[tag]
+            ctx.removed += 1
+            return
         if action == "K":
             if vr == "SQ":
                 for item in elem.value:
                     self._walk(item, ctx, mode)
             elif tag == PATIENT_AGE:
-                elem.value = _cap_age(str(elem.value or ""))
+                elem.value = _cap_age(elem.value)
             return
         if action == "Z":
             elem.value = Sequence() if vr == "SQ" else None
@@ -395,7 +497,7 @@ class Scrubber:
         elif vr == "UI":
             self._replace_uids(elem, ctx)
         elif vr == "AS":
-            elem.value = _cap_age(str(elem.value or ""))
+            elem.value = _cap_age(elem.value)
         elif vr in TEXT_VRS:
             elem.value = self._clean_text_value(elem, ctx)
         elif vr in BYTES_VRS:
@@ -464,6 +566,41 @@ class Scrubber:
         return True
 
 
+_VALUE_FORMS = {
+    "DS": re.compile(r"^ *[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)? *$"),
+    "IS": re.compile(r"^ *[+-]?\d+ *$"),
+    "CS": re.compile(r"^[A-Z0-9 _]*$"),
+}
+
+
+def vr_allowed(tag: int, vr: str | None) -> bool:
+    """True when ``vr`` is one the data dictionary gives ``tag`` (any of an ambiguous entry's)."""
+    allowed = _allowed_vrs(int(tag))
+    if allowed is None:  # a tag the table lists but this dictionary does not know: any valid VR but UN
+        return vr in VALID_VRS and vr != "UN"
+    return vr in allowed
+
+
+VALID_VRS = frozenset(("AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF",
+                       "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN",
+                       "UR", "US", "UT", "UV"))
+
+
+@lru_cache(maxsize=8192)
+def _allowed_vrs(tag: int) -> frozenset | None:
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return None
+    return frozenset([vr] + [v.strip() for v in vr.split(" or ")])
+
+
+def _stored_vr(ds: Dataset, tag) -> str | None:
+    """The VR an element was written with in an explicit VR file (or its VR once converted);
+    None for an implicit VR element not yet converted."""
+    return getattr(ds.get_item(tag), "VR", None) or None
+
+
 def _raw_vr(ds: Dataset, tag) -> str | None:
     """The VR of an element without converting its value (dictionary VR for implicit files)."""
     vr = getattr(ds.get_item(tag), "VR", None)
@@ -475,11 +612,33 @@ def _raw_vr(ds: Dataset, tag) -> str | None:
         return None
 
 
-def _cap_age(age: str) -> str:
-    """Ages over 89 years are aggregated to 090Y (HIPAA Safe Harbor)."""
-    if len(age) == 4 and age[:3].isdigit() and age[3] == "Y" and int(age[:3]) > 89:
-        return "090Y"
-    return age
+_AGE_RE = re.compile(r"^\s*(\d+)\s*([DWMYdwmy])\s*$")
+_AGE_DAYS = {"D": 1, "W": 7, "M": 30, "Y": 365}
+
+
+def _cap_age(age) -> str:
+    """Ages over 89 years are aggregated to 090Y (HIPAA Safe Harbor); a value that is not an age
+    is emptied. Each value of a multi-valued element is capped."""
+    if isinstance(age, (list, tuple)) or hasattr(age, "__iter__") and not isinstance(age, (str, bytes)):
+        values = [str(v) for v in age]
+    else:
+        values = str(age or "").split("\\")
+    if not any(v.strip() for v in values):
+        return str(age or "") if isinstance(age, str) else ""
+    out = []
+    for v in values:
+        if len(v) == 4 and v[:3].isdigit() and v[3] in "DWMY":  # conformant: nnnD/W/M/Y
+            out.append("090Y" if v[3] == "Y" and int(v[:3]) > 89 else v)
+            continue
+        m = _AGE_RE.match(v)
+        if m is None:
+            return ""  # not an age: emptied
+        n, unit = int(m.group(1)), m.group(2).upper()
+        if n * _AGE_DAYS[unit] > 89 * 365 or unit == "Y" and n > 89:
+            out.append("090Y")
+        else:
+            out.append(f"{n:03d}{unit}")
+    return "\\".join(out)
 
 
 def patient_key_of(ds: Dataset) -> str:

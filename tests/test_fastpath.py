@@ -545,3 +545,33 @@ def test_written_files_leave_the_page_cache_once_durable(tmp_path):
         assert scrub_batch(cfg, 1, items)["exported"] == 2
         pages = [resident_pages(tmp_path / out / "x" / f"{i}.dcm") for i in range(2)]
         assert (pages == [0, 0]) if sync else min(pages) > 0
+
+
+def test_split_path_does_not_copy_an_element_whose_stored_vr_is_wrong():
+    """keeps_as_read trusts no stored VR the dictionary does not give the tag: an unlisted PN
+    written as LO and a UN-encoded sequence are parsed (and removed by the walk), never copied
+    as read (an invalid VR makes the split path refuse the file)."""
+    import struct
+
+    from pydicom.dataelem import DataElement
+
+    ds = pydicom.dcmread(data_file("SC_rgb.dcm"))
+    item = struct.pack("<HHI", 0x0010, 0x0010, 12) + b"Qxzwv^Brenda"
+    ds.add(DataElement(0x00081115, "OB", struct.pack("<HHI", 0xFFFE, 0xE000, len(item)) + item))
+    ds.add(DataElement(0x00140104, "LO", "Reviewerqz^Agnes"))  # Secondary Reviewer Name (PN)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    data = buf.getvalue()
+    for tag, old, new in ((0x00081115, b"OB", b"UN"),):
+        i = data.find(struct.pack("<HH", tag >> 16, tag & 0xFFFF) + old)
+        data = data[:i + 4] + new + data[i + 6:]
+    sc = _split_scrubber()
+    assert not sc.keeps_as_read(0x00140104, "LO") and not sc.keeps_as_read(0x00082228, "ZZ")
+    assert sc.keeps_as_read(0x00140104, "PN") is False and sc.keeps_as_read(0x00280002, "US")
+    split = fastpath._split_path(io.BytesIO(data), len(data), lambda ds, ctx=None: prepare(ds, sc, ctx),
+                                 sc.keeps_as_read)
+    assert split is not None
+    for out in (split.data, _deidentify(data, PROFILES["research"], False).data):
+        for phi in (b"Qxzwv", b"Reviewerqz"):
+            assert phi not in out
+    assert split.data == _deidentify(data, PROFILES["research"], False).data

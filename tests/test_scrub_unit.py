@@ -206,3 +206,242 @@ def test_codes_are_the_first_characters_of_the_whole_digest_in_base32():
                 assert pseudo.code(domain, value, length) == full[:length]
                 assert pseudo.code(domain, value, length) == full[:length]  # kept: same answer
     assert pseudo.patient_id("MRN1152310") == "P" + pseudo.code("patient", "MRN1152310", 11)
+
+
+# ---------------------------------------------------------------------------- stored VRs, file meta,
+# safe private elements, ages (PHI audit findings)
+
+import datetime  # noqa: E402
+import struct  # noqa: E402
+
+from pydicom.dataelem import DataElement  # noqa: E402
+from pydicom.dataset import Dataset  # noqa: E402
+from pydicom.sequence import Sequence  # noqa: E402
+
+from medanon import fastpath  # noqa: E402
+from medanon.pipeline import prepare  # noqa: E402
+
+PHI_SERIES_UID = "1.2.826.0.1.3680043.99.77.5511"
+
+
+def _implicit_elem(tag: int, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b" "
+    return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)) + value
+
+
+def _implicit_item(elems: bytes) -> bytes:
+    return struct.pack("<HHI", 0xFFFE, 0xE000, len(elems)) + elems
+
+
+def _set_vr(raw: bytes, tag: int, old: str, new: str, nth: int = 0) -> bytes:
+    """Rewrite the explicit VR of an element in encoded bytes (the stored VR is what we choose)."""
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + old.encode()
+    i = -1
+    for _ in range(nth + 1):
+        i = raw.find(head, i + 1)
+    assert i >= 0, hex(tag)
+    return raw[:i + 4] + new.encode() + raw[i + 6:]
+
+
+def _explicit_bytes(ds: Dataset, patches=()) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    raw = buf.getvalue()
+    for tag, old, new in patches:
+        raw = _set_vr(raw, tag, old, new)
+    return raw
+
+
+def _outputs(raw: bytes, profile) -> list[bytes]:
+    """The exported bytes through every path the pipeline takes: full read and write, the fast
+    path, and the fast path's split path."""
+    outs = []
+    sc = Scrubber(profile, Pseudonymizer(KEY, profile.uid_root))
+    with warnings_ignored():
+        full = pydicom.dcmread(io.BytesIO(raw), force=True)
+        outs.append(deidentify_bytes(full, sc)[0])
+        for split in (False, True):
+            sc = Scrubber(profile, Pseudonymizer(KEY, profile.uid_root))
+            out = fastpath.deidentify_file(io.BytesIO(raw), len(raw), lambda ds, ctx=None: prepare(ds, sc, ctx),
+                                           sc.keeps_as_read if split else None)
+            outs.append(out.data)
+    return outs
+
+
+def warnings_ignored():
+    import warnings
+
+    cm = warnings.catch_warnings()
+    cm.__enter__()
+    warnings.simplefilter("ignore")
+
+    class _Exit:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            cm.__exit__(*exc)
+
+    return _Exit()
+
+
+def _assert_absent(outs: list[bytes], needles) -> None:
+    for data in outs:
+        for n in needles:
+            b = n.encode() if isinstance(n, str) else n
+            assert b not in data and b.upper() not in data, n
+        pydicom.dcmread(io.BytesIO(data))  # still a readable file
+
+
+def _mr_with(*elements) -> Dataset:
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    for el in elements:
+        ds.add(el)
+    return ds
+
+
+@pytest.mark.parametrize("profile", ["research", "basic"])
+def test_un_encoded_and_wrongly_typed_elements_are_not_copied(profile):
+    """A standard sequence stored with VR UN (unlisted, or K in the table), nested or not, an
+    unlisted PN stored as LO and an element with an invalid VR are removed, never copied raw."""
+    inner = (_implicit_elem(0x0020000E, (PHI_SERIES_UID + "\x00").encode())
+             + _implicit_elem(0x00100010, b"Qxzwv^Brenda") + _implicit_elem(0x00100020, b"MRN7733421")
+             + _implicit_elem(0x00080080, b"St Ophelia General Hospital "))
+    inner2 = _implicit_elem(0x00080104, b"Qxzwv family code") + _implicit_elem(0x00101000, b"OTHERMRN991 ")
+    ri = Dataset()
+    ri.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ri.ReferencedSOPInstanceUID = "1.2.3.4"
+    ri.add(DataElement(0x00082218, "OB", _implicit_item(_implicit_elem(0x00100010, b"Nestedqz^Carol "))))
+    ds = _mr_with(DataElement(0x00081115, "OB", _implicit_item(inner)),  # Referenced Series Sequence
+                  DataElement(0x00102161, "OB", _implicit_item(inner2)),  # Ethnic Group Code Sequence (K)
+                  DataElement(0x00140104, "LO", "Reviewerqz^Agnes"),  # an unlisted PN, stored as LO
+                  DataElement(0x00082228, "LO", "ZZVR Wxqpl^Dora"),  # (invalid VR ZZ below)
+                  DataElement(0x00081140, "SQ", Sequence([ri])))
+    raw = _explicit_bytes(ds, [(0x00081115, "OB", "UN"), (0x00102161, "OB", "UN"), (0x00082218, "OB", "UN"),
+                               (0x00082228, "LO", "ZZ")])
+    outs = _outputs(raw, PROFILES[profile])
+    _assert_absent(outs, ["Qxzwv", "MRN7733421", "Ophelia", "OTHERMRN991", "Reviewerqz", "Nestedqz", "Wxqpl",
+                          PHI_SERIES_UID])
+    # ordinary elements of the same file are still kept
+    assert all(pydicom.dcmread(io.BytesIO(d)).Rows == ds.Rows for d in outs)
+
+
+def test_a_clean_descriptor_stored_with_a_non_text_vr_is_not_kept():
+    ds = _mr_with()
+    ds.StudyDescription = "BRENDA QXZWV MRN7733421"
+    ds.SeriesDescription = "http://x/Qxzwv/MRN7733421"
+    raw = _explicit_bytes(ds, [(0x00081030, "LO", "CS"), (0x0008103E, "LO", "UR")])
+    outs = _outputs(raw, PROFILES["research"])
+    _assert_absent(outs, ["QXZWV", "MRN7733421"])
+
+
+def test_file_meta_is_an_allow_list():
+    ds = _mr_with()
+    meta = ds.file_meta
+    meta.add_new(0x00020026, "UR", "http://pacs.st-ophelia.example/?mrn=MRN7733421")  # Source Presentation Address
+    meta.add_new(0x00020027, "UR", "http://sender.example/Qxzwv")  # Sending Presentation Address
+    meta.add_new(0x00020033, "UI", PHI_SERIES_UID)  # RTV Communication SOP Instance UID
+    meta.add_new(0x00020035, "OB", b"RTVQxzwv")  # RTV Source Identifier
+    meta.add_new(0x00020099, "LO", "Qxzwv^Brenda")  # unknown
+    meta.add_new(0x00020016, "AE", "QXZWVAE")
+    meta.FileMetaInformationVersion = b"\x00\x01MRN7733421"
+    raw = _explicit_bytes(ds)
+    assert b"MRN7733421" in raw and PHI_SERIES_UID.encode() in raw
+    outs = _outputs(raw, PROFILES["research"])
+    _assert_absent(outs, ["Qxzwv", "MRN7733421", PHI_SERIES_UID, "st-ophelia"])
+    for data in outs:
+        out = pydicom.dcmread(io.BytesIO(data))
+        assert set(int(t) for t in out.file_meta.keys()) <= {0x00020000, 0x00020001, 0x00020002, 0x00020003,
+                                                               0x00020010, 0x00020012, 0x00020013}
+        assert out.file_meta.FileMetaInformationVersion == b"\x00\x01"
+        assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
+
+
+def test_safe_private_elements_must_be_what_the_table_says():
+    """Retain Safe Private: the table's VR, the exact creator, cleaned text, remapped UIDs and
+    scrubbed sequence items."""
+    ds = _mr_with()
+    b = ds.private_block(0x00E1, "ELSCINT1", create=True)
+    b.add_new(0x21, "LO", "Qxzwv^Brenda")  # DLP: DS in the table
+    b.add_new(0x50, "OB", b"MRN7733421")  # Acquisition Duration: DS, stored as UN below
+    bad = ds.private_block(0x7053, "philips pet private group ", create=True)  # not the table's creator
+    bad.add_new(0x00, "DS", "12")
+    bad.add_new(0x09, "DS", "77331")
+    nq = ds.private_block(0x0099, "NQHeader", create=True)
+    nq.add_new(0x02, "UI", PHI_SERIES_UID)  # Analyzed Series UID
+    nq.add_new(0x05, "LT", "Analysis done for Brenda Qxzwv MRN7733421")  # Return Message
+    item = Dataset()
+    item.PatientName = "Qxzwv^Brenda"
+    item.OtherPatientIDs = "MRN7733421"
+    ib = item.private_block(0x2001, "Philips Imaging DD 001", create=True)
+    ib.add_new(0x01, "LO", "DOB 19300215 Qxzwv")  # FL in the table
+    ph = ds.private_block(0x2001, "Philips Imaging DD 001", create=True)
+    ph.add_new(0x5F, "SQ", Sequence([item]))  # Stack Sequence: safe
+    ph.add_new(0x03, "FL", 1000.0)  # Diffusion B-factor: safe, kept
+    ds.PatientName = "Qxzwv^Brenda"
+    ds.PatientID = "MRN7733421"
+    el = ds.private_block(0x01F1, "ELSCINT1", create=True)
+    el.add_new(0x07, "LO", "VELQXZWV")  # Table Velocity: DS, stored as DS below but not a number
+    raw = _explicit_bytes(ds, [(0x00E11050, "OB", "UN"), (0x01F11007, "LO", "DS")])
+    outs = _outputs(raw, PROFILES["research"])
+    _assert_absent(outs, ["Qxzwv", "MRN7733421", "19300215", PHI_SERIES_UID, "77331", "VELQXZWV"])
+    for data in outs:
+        out = pydicom.dcmread(io.BytesIO(data))
+        assert out[0x20011003].value == 1000.0
+        assert str(out[0x20010010].value) == "Philips Imaging DD 001"
+        assert 0x00991002 in out  # remapped, not removed
+        assert 0x70530010 not in out and 0x70531009 not in out
+
+
+def test_ages_over_89_are_capped_in_any_form():
+    from medanon.scrub import _cap_age
+
+    assert _cap_age("097Y") == "090Y"
+    assert _cap_age("95Y") == "090Y"
+    assert _cap_age("045Y") == "045Y"
+    assert _cap_age("") == ""
+    assert _cap_age("old") == ""
+    assert _cap_age(pydicom.multival.MultiValue(str, ["099Y", "098Y"])) == "090Y\\090Y"
+    assert _cap_age("1200M") == "090Y"
+    for value in ("95Y", "099Y\\098Y"):
+        ds = _mr_with()
+        ds.PatientAge = value
+        raw = _explicit_bytes(ds)
+        for data in _outputs(raw, PROFILES["research"]):
+            out = pydicom.dcmread(io.BytesIO(data))
+            assert all(v == "090Y" for v in ([out.PatientAge] if isinstance(out.PatientAge, str)
+                                             else list(out.PatientAge))), value
+
+
+@pytest.mark.parametrize("profile", ["research", "basic", "full_dates"])
+def test_unlisted_urls_dates_and_alternative_calendar_dates(profile):
+    """Standard attributes Table E.1-1 does not list: a URL is removed; a date follows the
+    profile's date handling (shifted, removed, or kept with full dates); the alternative
+    calendar dates and Filename in Container are removed."""
+    prof = PROFILES.get(profile) or Profile(name="full", retain_longitudinal_full_dates=True)
+    ds = _mr_with()
+    ds.StudyDate = "20200315"
+    ds.add_new(0x00081190, "UR", f"http://pacs.example/studies/{PHI_SERIES_UID}?mrn=MRN7733421")  # Retrieve URL
+    ds.add_new(0x00287FE0, "UR", "http://pixels.example/Qxzwv")  # Pixel Data Provider URL
+    ds.add_new(0x0008040B, "CS", "QXZWV_MRN7733421")  # Filename in Container
+    ds.add_new(0x00100033, "LO", "ALTCALQX")  # Patient's Birth Date in Alternative Calendar
+    ds.add_new(0x00100034, "LO", "ALTDEATHQX")
+    ds.add_new(0x00100035, "CS", "HIJRIQX")
+    ds.add_new(0x0008041F, "DT", "20200317101010")  # Study Update DateTime
+    ds.add_new(0x00140102, "DA", "20200318")  # Secondary Review Date
+    raw = _explicit_bytes(ds)
+    outs = _outputs(raw, prof)
+    _assert_absent(outs, ["MRN7733421", PHI_SERIES_UID, "Qxzwv", "ALTCALQX", "ALTDEATHQX", "HIJRIQX"])
+    for data in outs:
+        out = pydicom.dcmread(io.BytesIO(data))
+        if profile == "full_dates":
+            assert out[0x0008041F].value == "20200317101010" and out[0x00140102].value == "20200318"
+        elif profile == "research":  # shifted by the same days as the study date
+            shift = (datetime.date(2020, 3, 15) - datetime.datetime.strptime(out.StudyDate, "%Y%m%d").date()).days
+            assert shift != 0
+            assert out[0x00140102].value == (datetime.date(2020, 3, 18) - datetime.timedelta(shift)).strftime("%Y%m%d")
+            assert str(out[0x0008041F].value).startswith(
+                (datetime.date(2020, 3, 17) - datetime.timedelta(shift)).strftime("%Y%m%d"))
+        else:
+            assert 0x0008041F not in out and 0x00140102 not in out
