@@ -38,6 +38,10 @@ REASONS = {
     "repeated-element": "a top-level data element occurs more than once with different values",
     "report-unmatched": "report could not be paired to a study",
     "report-ambiguous": "report matches more than one study",
+    # reports that cannot be scrubbed reliably (medanon.reports.REPORT_REASONS)
+    "report-unparsed-hl7": "report holds HL7 segments that could not be parsed as an HL7 message",
+    "report-unsupported-format": "report is RTF, XML/CDA, HTML or other markup that cannot be scrubbed reliably",
+    "report-mixed-encoding": "report is UTF-8 with stray bytes of another encoding (names may not match)",
 }
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"

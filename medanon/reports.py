@@ -7,6 +7,12 @@
   :func:`medanon.textscrub.clean_text`; HL7 messages are rebuilt segment by segment
   (allow-listed fields kept, identifiers pseudonymised or replaced, dates shifted,
   OBX/NTE text cleaned, unknown segments dropped) with the original delimiters.
+
+Reports that cannot be scrubbed reliably are never exported: :func:`scrub_report` raises
+:class:`ReportRejected` with a PHI-free quarantine code (:data:`REPORT_REASONS`) for HL7 segments
+the parser cannot take (``report-unparsed-hl7``), RTF/XML/CDA/HTML or other markup
+(``report-unsupported-format``) and UTF-8 files with stray bytes of another encoding
+(``report-mixed-encoding``).
 """
 
 from __future__ import annotations
@@ -22,13 +28,35 @@ from .textscrub import (
     KnownIdentifiers,
     clean_text,
     find_dates,
+    known_tokens,
+    mentions_known,
     replacement_lookup,
     shift_da,
+    strip_invisible,
 )
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReportDoc", "sniff_report", "parse_report", "scrub_report", "known_for_doc"]
+__all__ = ["ReportDoc", "ReportRejected", "REPORT_REASONS", "sniff_report", "parse_report", "scrub_report",
+           "known_for_doc"]
+
+# Quarantine reasons of reports that cannot be scrubbed reliably (PHI-free codes; the pairing
+# reasons 'report-unmatched' / 'report-ambiguous' live in medanon.pairing).
+UNPARSED_HL7, UNSUPPORTED_FORMAT, MIXED_ENCODING = (
+    "report-unparsed-hl7", "report-unsupported-format", "report-mixed-encoding")
+REPORT_REASONS = {
+    UNPARSED_HL7: "report holds HL7 segments that could not be parsed as an HL7 message",
+    UNSUPPORTED_FORMAT: "report is RTF, XML/CDA, HTML or other markup that cannot be scrubbed reliably",
+    MIXED_ENCODING: "report is UTF-8 with stray bytes of another encoding (names may not match)",
+}
+
+
+class ReportRejected(Exception):
+    """The report must not be exported; ``reason`` is one of :data:`REPORT_REASONS`."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass
@@ -49,6 +77,8 @@ class ReportDoc:
     phones: list[str] = field(default_factory=list)
     institutions: list[str] = field(default_factory=list)
     encoding: str = "utf-8"
+    # quarantine reason ("" = can be scrubbed); scrub_report raises ReportRejected when set
+    reject: str = ""
 
 
 # --------------------------------------------------------------------------- sniffing
@@ -84,6 +114,47 @@ def _decode(data: bytes) -> tuple[str, str]:
         return data.decode("latin-1"), "latin-1"
 
 
+_UTF8_MULTI = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
+
+
+def _mixed_encoding(data: bytes) -> bool:
+    """Not valid UTF-8, yet holding valid UTF-8 multi-byte sequences: a UTF-8 file with stray bytes
+    (decoding it as Latin-1 would turn the accented names into mojibake that no longer matches)."""
+    if data.startswith(_UTF16_BOMS):
+        return False
+    body = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+    try:
+        body.decode("utf-8")
+        return False
+    except UnicodeDecodeError:
+        return _UTF8_MULTI.search(body) is not None
+
+
+# markup formats that are not plain text: exported raw they would keep names hidden in escapes,
+# entities or tags
+_MARKUP_START = re.compile(r"[\ufeff\s]*(?:\{\\rtf|<\?xml|<ClinicalDocument|<html|<!DOCTYPE|<\w+:ClinicalDocument)", re.I)
+_MARKUP_TAG = re.compile(r"</?[A-Za-z][\w:.-]*(?:\s[^<>]*)?/?>")
+_MARKUP_ENTITY = re.compile(r"&(?:#\d+|#[xX][0-9A-Fa-f]+|[A-Za-z][A-Za-z0-9]{1,10});")
+_RTF_ESCAPE = re.compile(r"\\(?:'[0-9a-fA-F]{2}|u-?\d+|par\b|pard\b|fonttbl\b|rtf\d)")
+
+
+def _looks_like_markup(text: str) -> bool:
+    if _MARKUP_START.match(text):
+        return True
+    if len(_MARKUP_TAG.findall(text)) >= 2 or _MARKUP_ENTITY.search(text):
+        return True
+    return len(_RTF_ESCAPE.findall(text)) >= 2
+
+
+# HL7 segment lines: MSH with its encoding characters (parsable), or any segment id followed by a
+# non-alphanumeric field separator that occurs again in the line
+_MSH_LINE = re.compile(r"^[\s\x0b\ufeff]*MSH(?P<fs>[^\w\s])(?P<enc>[^\w\s]{1,5})(?P=fs)", re.M)
+_MSH_ANY = re.compile(r"^[\s\x0b\ufeff]*MSH[^\w\s]", re.M)
+_SEG_LINE = re.compile(
+    r"^[\s\x0b\ufeff]*(?:MSH|PID|PV[12]|OBR|OBX|NK1|ORC|NTE|PD1|TXA|EVN|MSA|FHS|BHS|BTS|FTS|ZDS|AL1|DG1|IN1|GT1|"
+    r"MRG|SPM|TQ1|ROL|PRT|Z[A-Z0-9]{2})(?P<fs>[^\w\s:.,;()\-])[^\r\n]*(?P=fs)", re.M)
+
+
 def _decode_head(head: bytes) -> str | None:
     if head.startswith(_UTF16_BOMS):
         try:
@@ -116,7 +187,7 @@ def sniff_report(head: bytes) -> str | None:
         text = _decode_head(head)
         if text is None:
             return None
-        if text.lstrip("\ufeff \t\r\n\x0b").startswith("MSH|"):
+        if text.lstrip("\ufeff \t\r\n\x0b").startswith("MSH|") or _MSH_LINE.search(text[:8192]):
             return "hl7"
         sample = text[:8192]
         if not sample.strip():
@@ -229,9 +300,18 @@ def _strip_mllp(text: str) -> tuple[str, str, str]:
     return t, pre, post
 
 
+def _hl7_body(text: str) -> tuple[str, str, str]:
+    """MLLP framing removed and any lines before the first MSH segment dropped."""
+    body, pre, post = _strip_mllp(text)
+    m = _MSH_LINE.search(body)
+    if m and m.start() > 0 and not body.lstrip("\ufeff \t\r\n\x0b")[:3] in ("FHS", "BHS"):
+        body = body[m.start():].lstrip("\ufeff \t\r\n\x0b")
+    return body, pre, post
+
+
 def _delims_for(lines: list[str]) -> _Delims:
     for ln in lines:
-        if ln.startswith("MSH") and len(ln) >= 4:
+        if ln.startswith("MSH") and len(ln) >= 4 and not ln[3].isalnum() and not ln[3].isspace():
             fs = ln[3]
             enc = ln[4:].split(fs, 1)[0]
             return _Delims(fs, enc)
@@ -256,10 +336,22 @@ def _xpn_to_pn(d: _Delims, rep: str) -> str:
     return "^".join([fam, given, mid]).rstrip("^").strip()
 
 
+def _xpn_names(d: _Delims, rep: str) -> list[str]:
+    """XPN -> "FAMILY^GIVEN^MIDDLE", plus the own and partner surnames of FN (FN.3, FN.5)."""
+    out = [_xpn_to_pn(d, rep)]
+    c = _comps(d, rep) + ["", ""]
+    subs = c[0].split(d.sub)
+    for k in (2, 4):
+        if k < len(subs) and subs[k].strip():
+            out.append("^".join([d.unescape(subs[k]), d.unescape(c[1])]).rstrip("^").strip())
+    return [x for x in out if x]
+
+
 def _xcn_to_pn(d: _Delims, rep: str) -> str:
-    """XCN (id^family^given^middle...) or NDL (id&family&given... in component 1) -> "FAMILY^GIVEN"."""
+    """XCN (id^family^given^middle...) or NDL (id&family&given... in component 1, then start/end
+    times, point of care...) -> "FAMILY^GIVEN"."""
     c = _comps(d, rep)
-    if len(c) == 1 and d.sub in c[0]:
+    if d.sub in c[0]:
         c = c[0].split(d.sub)
     c = c + ["", "", "", ""]
     fam, given, mid = d.unescape(_first_sub(d, c[1])), d.unescape(c[2]), d.unescape(c[3])
@@ -410,7 +502,7 @@ def _unit_get(segs, d, u) -> str:
 
 
 def _parse_hl7(text: str, raw: bytes, codec: str) -> ReportDoc:
-    body, _pre, _post = _strip_mllp(text)
+    body, _pre, _post = _hl7_body(text)
     lines, _term = _split_hl7(body)
     d = _delims_for(lines)
     segs = [_Seg(ln, d) for ln in lines]
@@ -427,10 +519,14 @@ def _parse_hl7(text: str, raw: bytes, codec: str) -> ReportDoc:
                 for rep in _reps(d, s.f(n)):
                     _add(doc.other_ids, d.unescape(_comps(d, rep)[0]))
             for rep in _reps(d, s.f(5)):
-                _add(doc.patient_names, _xpn_to_pn(d, rep))
+                names = _xpn_names(d, rep)
+                _add(doc.patient_names, names[0] if names else "")
+                for nm in names[1:]:
+                    _add(doc.other_names, nm)
             for n in (6, 9):
                 for rep in _reps(d, s.f(n)):
-                    _add(doc.other_names, _xpn_to_pn(d, rep))
+                    for nm in _xpn_names(d, rep):
+                        _add(doc.other_names, nm)
             _add(doc.birth_dates, _ymd(_comps(d, s.f(7))[0]))
             for rep in _reps(d, s.f(11)):
                 c = [d.unescape(x) for x in _comps(d, rep)] + [""] * 6
@@ -457,7 +553,7 @@ def _parse_hl7(text: str, raw: bytes, codec: str) -> ReportDoc:
                         _add(doc.other_names, _xcn_to_pn(d, rep))
                 _add(doc.institutions, d.unescape(_comps(d, s.f(21))[0]))
             else:
-                for n in (16, 28, 32, 33, 34, 35):
+                for n in (10, 16, 28, 32, 33, 34, 35):
                     for rep in _reps(d, s.f(n)):
                         _add(doc.other_names, _xcn_to_pn(d, rep))
                 for n in (18, 19, 20, 21):
@@ -466,9 +562,33 @@ def _parse_hl7(text: str, raw: bytes, codec: str) -> ReportDoc:
                 for n in (7, 22):
                     _add(doc.exam_dates, _ymd(_comps(d, s.f(n))[0]))
         elif s.name == "OBX":
-            for rep in _reps(d, s.f(16)):
-                _add(doc.other_names, _xcn_to_pn(d, rep))
+            for n in (16, 25):
+                for rep in _reps(d, s.f(n)):
+                    _add(doc.other_names, _xcn_to_pn(d, rep))
             _add(doc.institutions, d.unescape(_comps(d, s.f(23))[0]))
+        elif s.name == "NK1":  # next of kin: names, contact person, address, phones
+            for n in (2, 30):
+                for rep in _reps(d, s.f(n)):
+                    for nm in _xpn_names(d, rep):
+                        _add(doc.other_names, nm)
+            for n in (4, 32):
+                for rep in _reps(d, s.f(n)):
+                    c = [d.unescape(x) for x in _comps(d, rep)] + [""] * 6
+                    _add(doc.addresses, "^".join(x for x in (c[0], c[1], c[2], c[3], c[4]) if x))
+            for n in (5, 6, 31):
+                for rep in _reps(d, s.f(n)):
+                    c = _comps(d, rep) + [""] * 12
+                    _add(doc.phones, d.unescape(c[0] or "".join(x for x in (c[5], c[6]) if x)))
+            _add(doc.institutions, d.unescape(_comps(d, s.f(13))[0]))
+        elif s.name == "PD1":  # primary facility, primary care provider
+            for rep in _reps(d, s.f(3)):
+                _add(doc.institutions, d.unescape(_comps(d, rep)[0]))
+            for rep in _reps(d, s.f(4)):
+                _add(doc.other_names, _xcn_to_pn(d, rep))
+        elif s.name == "TXA":  # document originator, transcriptionist, authenticators...
+            for n in (5, 9, 10, 11, 22, 23):
+                for rep in _reps(d, s.f(n)):
+                    _add(doc.other_names, _xcn_to_pn(d, rep))
         elif s.name == "ZDS":
             _add(doc.study_uids, d.unescape(_comps(d, s.f(1))[0]))
     for m in _UID_IN_TEXT.finditer(body):
@@ -484,11 +604,18 @@ def parse_report(data: bytes, filename: str = "") -> ReportDoc:
     """Parse a report file (HL7 v2 or plain text); ``filename`` may carry an accession or UID."""
     data = bytes(data or b"")
     text, codec = _decode(data)
-    if sniff_report(data[:4096]) == "hl7" or text.lstrip("\ufeff \t\r\n\x0b").startswith("MSH|"):
+    if (sniff_report(data[:4096]) == "hl7" or text.lstrip("\ufeff \t\r\n\x0b").startswith("MSH|")
+            or _MSH_LINE.search(text)):
         doc = _parse_hl7(text, data, codec)
     else:
         doc = ReportDoc(kind="text", text=text.lstrip("\ufeff"), raw=data, encoding=codec)
         _extract_from_text(doc, doc.text)
+        if _MSH_ANY.search(text) or _SEG_LINE.search(text):
+            doc.reject = UNPARSED_HL7  # HL7 segments the parser did not take: never cleaned as prose
+        elif _looks_like_markup(text):
+            doc.reject = UNSUPPORTED_FORMAT
+    if not doc.reject and _mixed_encoding(data):
+        doc.reject = MIXED_ENCODING
     _extract_from_filename(doc, filename)
     return doc
 
@@ -514,7 +641,7 @@ def known_for_doc(doc: ReportDoc, known: KnownIdentifiers | None) -> KnownIdenti
 _KEEP, _ID, _NAME, _DATE, _DOB, _TEXT, _CODED, _ADDR, _PHONE, _INST, _VALUE = (
     "keep", "id", "name", "date", "dob", "text", "coded", "addr", "phone", "inst", "value")
 _RULES: dict[str, dict[int, str]] = {
-    "MSH": {3: _KEEP, 4: _INST, 5: _KEEP, 6: _INST, 7: _DATE, 9: _KEEP, 10: _ID, 11: _KEEP, 12: _KEEP,
+    "MSH": {3: _INST, 4: _INST, 5: _INST, 6: _INST, 7: _DATE, 9: _KEEP, 10: _ID, 11: _KEEP, 12: _KEEP,
             13: _KEEP, 14: _KEEP, 15: _KEEP, 16: _KEEP, 17: _KEEP, 18: _KEEP, 19: _KEEP, 20: _KEEP, 21: _KEEP,
             22: _INST, 23: _INST},
     "PID": {1: _KEEP, 2: _ID, 3: _ID, 4: _ID, 5: _NAME, 6: _NAME, 7: _DOB, 8: _KEEP, 9: _NAME, 10: _KEEP,
@@ -530,10 +657,10 @@ _RULES: dict[str, dict[int, str]] = {
             10: _NAME, 11: _KEEP, 12: _CODED, 13: _TEXT, 14: _DATE, 15: _KEEP, 16: _NAME, 17: _PHONE, 18: _ID,
             19: _ID, 20: _ID, 21: _ID, 22: _DATE, 24: _KEEP, 25: _KEEP, 28: _NAME, 30: _KEEP, 31: _CODED,
             32: _NAME, 33: _NAME, 34: _NAME, 35: _NAME, 36: _DATE, 37: _KEEP, 44: _CODED, 45: _CODED},
-    "OBX": {1: _KEEP, 2: _KEEP, 3: _KEEP, 4: _KEEP, 5: _VALUE, 6: _KEEP, 7: _KEEP, 8: _KEEP, 9: _KEEP,
+    "OBX": {1: _KEEP, 2: _KEEP, 3: _CODED, 4: _KEEP, 5: _VALUE, 6: _KEEP, 7: _KEEP, 8: _KEEP, 9: _KEEP,
             10: _KEEP, 11: _KEEP, 12: _DATE, 14: _DATE, 16: _NAME, 17: _KEEP, 19: _DATE, 23: _INST, 24: _ADDR,
             25: _NAME},
-    "NTE": {1: _KEEP, 2: _KEEP, 3: _VALUE, 4: _KEEP},
+    "NTE": {1: _KEEP, 2: _KEEP, 3: _VALUE, 4: _CODED},
 }
 
 
@@ -543,6 +670,7 @@ class _HL7Scrubber:
         self.known = known
         self.shift = shift
         self.look = replacement_lookup(known)
+        self.tokens = known_tokens(known)
 
     def _map_leaves(self, v: str, fn) -> str:
         d = self.d
@@ -587,28 +715,69 @@ class _HL7Scrubber:
         return d.rep.join(out)
 
     def text(self, v: str) -> str:
-        return self._map_leaves(v, lambda s: clean_text(s, self.known, self.shift))
+        def one(x: str) -> str:
+            out = clean_text(x, self.known, self.shift)
+            return "[REDACTED]" if mentions_known(out, self.known, self.tokens) else out
+        return self._map_leaves(v, one)
+
+    def leaf(self, x: str) -> str:
+        """One unescaped component of a coded/structured field: a pure code that holds no known
+        identifier is kept; a known id becomes its pseudonym (or [ID]); anything else is cleaned,
+        and replaced whole if a known identifier survives the cleaning."""
+        x = strip_invisible(x)
+        if not x.strip():
+            return x
+        known_hit = mentions_known(x, self.known, self.tokens)
+        if not known_hit and re.fullmatch(r"[\w.\-]+", x):
+            return x
+        if known_hit and re.fullmatch(r"[\w.\-/ ]+", x.strip()) and any(ch.isdigit() for ch in x):
+            new = self.look(x.strip())
+            if new:
+                return new
+        out = clean_text(x, self.known, self.shift)
+        if mentions_known(out, self.known, self.tokens):
+            return "[REDACTED]"
+        return out
 
     def coded(self, v: str) -> str:
+        """CE/CWE/CNE/HD... : every component and subcomponent (code, text, coding system,
+        alternate code/text, original text) goes through :meth:`leaf`."""
+        return self._map_leaves(v, self.leaf)
+
+    _NUMERIC = re.compile(r"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*")
+    _TIME = re.compile(r"\s*(?:[01]\d|2[0-3])(?:[0-5]\d(?:[0-5]\d(?:\.\d{1,4})?)?)?(?:[+-]\d{4})?\s*")
+    _SN_COMP = re.compile(r"\s*(?:>|<|>=|<=|=|<>|-|\+|/|\.|:)?\s*")
+
+    def _typed_ok(self, vt: str, v: str) -> bool:
+        """Is OBX-5 really of its numeric/coded type (and free of known identifiers)?"""
         d = self.d
-        out = []
-        for rep in v.split(d.rep):
-            comps = rep.split(d.comp)
-            idx = (1, 4) if len(comps) > 1 else (0,)  # text components of CE/CWE, or free text
-            for i in idx:
-                if i < len(comps) and comps[i] and not re.fullmatch(r"[\w.\-]+", comps[i]):
-                    comps[i] = d.sub.join(
-                        d.escape(clean_text(d.unescape(x), self.known, self.shift)) if x else x
-                        for x in comps[i].split(d.sub))
-            out.append(d.comp.join(comps))
-        return d.rep.join(out)
+        if mentions_known(d.unescape(v), self.known, self.tokens):
+            return False
+        for r in v.split(d.rep):
+            comps = r.split(d.comp)
+            if vt == "NM" and not (len(comps) == 1 and self._NUMERIC.fullmatch(r)):
+                return False
+            if vt == "NA" and not all(self._NUMERIC.fullmatch(c) or not c for c in comps):
+                return False
+            if vt == "TM" and not (len(comps) == 1 and self._TIME.fullmatch(r)):
+                return False
+            if vt in ("ID", "IS") and not (len(comps) == 1 and re.fullmatch(r"[\w.\-]*", r)):
+                return False
+            if vt == "SN":
+                if len(comps) > 4:
+                    return False
+                for k, c in enumerate(comps):
+                    ok = self._NUMERIC.fullmatch(c) if k in (1, 3) else self._SN_COMP.fullmatch(c)
+                    if c and not ok:
+                        return False
+        return True
 
     def value(self, seg: _Seg, v: str) -> str:
         if not v:
             return v
         vt = _comps(self.d, seg.f(2))[0].strip().upper() if seg.name == "OBX" else "TX"
         if vt in ("NM", "SN", "NA", "ID", "IS", "TM"):
-            return v
+            return v if self._typed_ok(vt, v) else self.text(v)
         if vt in ("DT", "DTM", "TS"):
             return self.date(v)
         if vt in ("CE", "CWE", "CNE", "CF"):
@@ -659,7 +828,7 @@ class _HL7Scrubber:
 
 def _scrub_hl7(doc: ReportDoc, known: KnownIdentifiers, shift: int | None) -> bytes:
     text, codec = _decode(doc.raw) if doc.raw else (doc.text, "utf-8")
-    body, pre, post = _strip_mllp(text)
+    body, pre, post = _hl7_body(text)
     lines, term = _split_hl7(body)
     d = _delims_for(lines)
     segs = [_Seg(ln, d) for ln in lines if ln[:3] in _RULES]
@@ -694,12 +863,17 @@ def _scrub_hl7(doc: ReportDoc, known: KnownIdentifiers, shift: int | None) -> by
 
 
 def scrub_report(doc: ReportDoc, known: KnownIdentifiers, date_shift_days: int | None) -> bytes:
-    """De-identified report bytes: UTF-8 text, or an HL7 message with the original delimiters."""
+    """De-identified report bytes: UTF-8 text, or an HL7 message with the original delimiters.
+
+    Raises :class:`ReportRejected` for a report that cannot be scrubbed reliably (its ``reason`` is
+    a quarantine code of :data:`REPORT_REASONS`)."""
+    if doc.reject:
+        raise ReportRejected(doc.reject)
     k = known_for_doc(doc, known)
     if doc.kind == "hl7":
         try:
             return _scrub_hl7(doc, k, date_shift_days)
-        except Exception:
-            log.exception("HL7 scrub failed; falling back to text cleaning of the report body")
-            return clean_text(doc.text, k, date_shift_days).encode("utf-8")
+        except Exception:  # noqa: BLE001 - a message we cannot rebuild is not exported
+            log.warning("HL7 scrub failed; report quarantined")
+            raise ReportRejected(UNPARSED_HL7) from None
     return clean_text(doc.text, k, date_shift_days).encode("utf-8")

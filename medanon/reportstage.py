@@ -79,7 +79,7 @@ def report_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple]) -> dict:
 
     Returns a PHI-free summary shaped like scrub_batch's; per-file failures become quarantine
     reasons, a full target stops the batch (``target_full``)."""
-    from .reports import parse_report, scrub_report
+    from .reports import ReportRejected, parse_report, scrub_report
 
     source = cfg.open_source()
     target = cfg.open_target()
@@ -113,6 +113,9 @@ def report_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple]) -> dict:
         try:
             doc = parse_report(data, relpath.replace("\\", "/").rsplit("/", 1)[-1])
             out = scrub_report(doc, known, shift)
+        except ReportRejected as exc:  # a format/encoding that cannot be scrubbed reliably
+            result["quarantined"][file_id] = exc.reason
+            continue
         except Exception:  # noqa: BLE001 - never crash, never echo a value
             result["quarantined"][file_id] = "scrub-error"
             continue

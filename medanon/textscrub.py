@@ -275,12 +275,37 @@ _AMBIGUOUS_STATES = {"MD", "PA", "DE", "CO", "CT", "IN", "OR", "OK", "ME", "HI",
                      "GA", "MA", "MO", "NE", "OH", "DC", "PR", "SC", "ND", "SD", "RI", "UT", "VA", "WA", "MN"}
 
 
+# letters NFKD does not decompose
+_NO_DECOMP = str.maketrans({"ł": "l", "Ł": "L", "ø": "o", "Ø": "O", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE",
+                            "đ": "d", "Đ": "D", "ı": "i", "þ": "th", "Þ": "TH", "ð": "d", "Ð": "D"})
+# German umlauts as ASCII-only systems write them ("Gröbner" -> "GROEBNER")
+_UMLAUT_EXPAND = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "AE", "Ö": "OE", "Ü": "UE"})
+
+
 def _strip_accents(s: str) -> str:
+    s = s.translate(_NO_DECOMP)
     return "".join(c for c in unicodedata.normalize("NFKD", s) if not unicodedata.combining(c))
 
 
+def _translit_variants(raw: str, n: str) -> set[str]:
+    """Other spellings of a known name word: umlauts expanded (Gröbner -> groebner) and the
+    expansions of an ASCII-only header contracted (GROEBNER -> grobner, the text's Gröbner)."""
+    out = {_norm(raw.translate(_UMLAUT_EXPAND)), re.sub(r"([aou])e", r"\1", n)}
+    out.discard(n)
+    return {v for v in out if len(v) >= 3}
+
+
+# invisible format characters that would split or disguise a name (soft hyphen, zero-width
+# space/non-joiner/joiner, word joiner, BOM): dropped before matching
+_INVISIBLE_RE = re.compile("[\u00ad\u200b-\u200d\u2060\ufeff]")
+
+
+def strip_invisible(s: str) -> str:
+    return _INVISIBLE_RE.sub("", s) if s else s
+
+
 def _norm(tok: str) -> str:
-    t = _strip_accents(tok).replace("\u2019", "'").casefold()
+    t = _strip_accents(strip_invisible(tok)).replace("\u2019", "'").casefold()
     if t.endswith("'s"):
         t = t[:-2]
     return t
@@ -609,6 +634,7 @@ _AGE_RES = [
     re.compile(r"(?<![\w.])(?P<n>9\d|1[0-3]\d)\s*-?\s*(?:yo|y/o|y\.o\.?|yr\.?\s*old|year\s*old)(?![\w])", re.I),
     re.compile(r"\bage[ds]?\s*[:=]?\s*(?P<n>9\d|1[0-3]\d)(?!\d|\.\d)", re.I),
     re.compile(r"(?<![\w.])(?P<n>0?(?:9\d|1[0-3]\d)Y)(?![\w])"),
+    re.compile(r"(?<![\w.])(?P<n>(?:9\d|1[0-3]\d)\s?(?:y|yrs?|years?))(?![\w/])", re.I),  # "92y", "92 yrs"
     re.compile(r"(?<![\w.])(?P<n>9\d|1[0-3]\d)\s*-?\s*(?:year|yr)s?\s*-?\s*old\b", re.I),
     re.compile(r"(?<![\w.])(?P<n>9\d|1[0-3]\d)(?:\s*|-)(?:jährige[rn]?|ans)\b", re.I),
 ]
@@ -910,7 +936,9 @@ def _known_ids(ctx: _Ctx, known: KnownIdentifiers):
 
 
 _KNOWN_DATE_FORMATS = ["{Y}{m}{d}", "{m}{d}{Y}", "{d}{m}{Y}", "{m}{d}{y}", "{d}{m}{y}", "{y}{m}{d}",
-                       "{d}.{m}.{y}", "{D}.{M}.{y}", "{m}-{d}-{y}", "{Y}{m}", "{d}/{m}/{y}"]
+                       "{d}.{m}.{y}", "{D}.{M}.{y}", "{m}-{d}-{y}", "{Y}{m}", "{d}/{m}/{y}",
+                       "{m}/{d}/{Y}", "{M}/{D}/{Y}", "{d}/{m}/{Y}", "{D}/{M}/{Y}", "{Y}-{m}-{d}", "{Y}/{m}/{d}",
+                       "{d}.{m}.{Y}", "{D}.{M}.{Y}", "{m}-{d}-{Y}", "{d}-{m}-{Y}", "{m}/{d}/{y}", "{M}/{D}/{y}"]
 
 
 def _known_dates(ctx: _Ctx, known: KnownIdentifiers):
@@ -928,6 +956,9 @@ def _known_dates(ctx: _Ctx, known: KnownIdentifiers):
             lit = fmt.format(**vals)
             for m in re.finditer(rf"(?<![\w.]){re.escape(lit)}(?![\w]|\.\d)", ctx.text):
                 ctx.add(m.start(), m.end(), "DOB")  # a birth date is removed, never shifted
+        for s, e, found in find_dates(ctx.text):  # any other spelling ("3 Dec 1926", "December 3, 1926")
+            if found == dd:
+                ctx.add(s, e, "DOB")
 
 
 _SUFFIX_EQUIV = {
@@ -1035,7 +1066,7 @@ def _known_names(ctx: _Ctx, known: KnownIdentifiers):
     initials: set[str] = set()
     cjk: set[str] = set()
     for raw in known.person_names:
-        for fam, given, middle in _parse_person_name(raw):
+        for fam, given, middle in _parse_person_name(strip_invisible(raw)):
             if any(_CJK_RE.search(w) for w in fam + given + middle):
                 parts = ["".join(fam), "".join(given), "".join(fam) + "".join(given),
                          " ".join(fam + given), "".join(given) + "".join(fam)]
@@ -1049,6 +1080,10 @@ def _known_names(ctx: _Ctx, known: KnownIdentifiers):
                             continue
                         initials.add(n[0])
                         pieces = [n] + (_pieces(n) if "-" in n else [])
+                        if "'" in n:  # O'Quarrell -> also "Quarrell", "OQuarrell" (apostrophe dropped)
+                            pieces += [p for p in re.split(r"['-]", n) if p] + [n.replace("'", "")]
+                        for v in _translit_variants(tm.group(), n):  # Gröbner / GROEBNER
+                            pieces += [v] + (_pieces(v) if "-" in v else [])
                         for p in pieces:
                             if len(p) == 1:
                                 continue
@@ -1058,6 +1093,12 @@ def _known_names(ctx: _Ctx, known: KnownIdentifiers):
                                 strong.setdefault(p, role)
                             else:
                                 weak.add(p)
+            # family and given names glued together ("OQUARRELLTESSANDRA")
+            cat_f = re.sub(r"[^\w]", "", _norm("".join(fam)))
+            cat_g = re.sub(r"[^\w]", "", _norm("".join(given)))
+            if cat_f and cat_g and not _CJK_RE.search(cat_f + cat_g):
+                strong.setdefault(cat_f + cat_g, "family")
+                strong.setdefault(cat_g + cat_f, "family")
     for s in cjk:
         for m in re.finditer(re.escape(s), ctx.text):
             ctx.add(m.start(), m.end(), "KNAME")
@@ -1068,6 +1109,9 @@ def _known_names(ctx: _Ctx, known: KnownIdentifiers):
     def role_of(t: _Tok) -> str | None:
         if t.norm in strong:
             return "full"
+        if (len(t.norm) > 4 and t.norm.endswith("s") and t.norm[:-1] in strong and _is_cap(t)
+                and t.norm[:-1] not in COMMON_WORD_NAMES):
+            return "full"  # genitive without apostrophe ("Jürgens Sturz")
         if "-" in t.norm and any(p in strong for p in _pieces(t.norm)):
             return "full"
         if t.norm in weak:
@@ -1110,8 +1154,8 @@ def _known_names(ctx: _Ctx, known: KnownIdentifiers):
                     continue  # a known name in lower case still goes, unless it is also a common word
                 if n in COMMON_WORD_NAMES and not (t.text.isupper() and len(t.text) > 3):
                     continue
-                if role == "family" and len(n) < 3:
-                    continue
+                if role == "family" and len(n) < 3 and not (t.text.istitle() or t.text.isupper()):
+                    continue  # a two-letter family name ("Ng") goes on its own in "Ng" / "NG" only
                 if _eponym_context(text, t.end):
                     continue
                 accept_idx.append(k)
@@ -1506,6 +1550,54 @@ def find_phi_spans(text: str, known: KnownIdentifiers | None = None) -> list[Spa
 # --------------------------------------------------------------------------- anonymize
 
 
+def known_tokens(known: KnownIdentifiers | None) -> tuple[frozenset[str], frozenset[str]]:
+    """(normalised words of every known person name, 2+ letters; alphanumeric forms of every known
+    id, 3+ characters) -- used to check short structured values (HL7 codes) for known identifiers."""
+    names: set[str] = set()
+    ids: set[str] = set()
+    if known is None:
+        return frozenset(), frozenset()
+    for raw in known.person_names:
+        for fam, given, middle in _parse_person_name(strip_invisible(raw)):
+            for w in fam + given + middle:
+                for tm in _TOKEN_RE.finditer(w):
+                    n = _norm(tm.group())
+                    for p in [n] + [x for x in re.split(r"['-]", n) if x] + [n.replace("'", "")]:
+                        if len(p) >= 2 and p not in _PARTICLES:
+                            names.add(p)
+    for raw in list(known.ids) + list(known.replacements):
+        for piece in {raw, *re.split(r"[\\^]", raw or "")}:
+            a = _alnum(piece or "")
+            if len(a.lstrip("0")) >= 3:
+                ids.add(a.lstrip("0"))
+    return frozenset(names), frozenset(ids)
+
+
+def mentions_known(text: str, known: KnownIdentifiers | None,
+                   tokens: tuple[frozenset[str], frozenset[str]] | None = None) -> bool:
+    """True when ``text`` holds a word equal to a known name part, or a known id."""
+    if not text:
+        return False
+    names, ids = tokens if tokens is not None else known_tokens(known)
+    text = strip_invisible(text)
+    for m in _TOKEN_RE.finditer(text):
+        n = _norm(m.group())
+        if n in names or any(p in names for p in _pieces(n)):
+            return True
+    if ids:
+        whole = _alnum(text).lstrip("0")
+        if whole in ids:
+            return True
+        for m in re.finditer(r"[A-Za-z0-9]+(?:[-./_ ][A-Za-z0-9]+)*", text):
+            for cand in {m.group(), *re.split(r"[-./_ ]", m.group())}:
+                a = _alnum(cand).lstrip("0")
+                if a in ids:
+                    return True
+            if any(i in _alnum(m.group()) for i in ids if len(i) >= 5):
+                return True
+    return False
+
+
 def replacement_lookup(known: KnownIdentifiers | None) -> Callable[[str], str | None]:
     exact: dict[str, str] = {}
     normed: dict[str, str] = {}
@@ -1598,6 +1690,7 @@ def clean_text(text: str, known: KnownIdentifiers | None = None, date_shift_days
             text = text.decode("utf-8", "replace") if isinstance(text, (bytes, bytearray)) else str(text)
         except Exception:
             return "[REDACTED]"
+    text = strip_invisible(text)
     if not text:
         return text
     try:

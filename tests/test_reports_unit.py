@@ -201,3 +201,186 @@ def test_corpus_recall_regression():
     assert res["hl7_header_recall"] >= 0.95
     assert res["precision"] >= 0.9
     assert res["phrases_preserved"] >= 0.95
+
+
+# --------------------------------------------------------------------------- audit fixes (PHI leaks)
+
+import pytest  # noqa: E402
+
+from medanon.reports import REPORT_REASONS, ReportRejected  # noqa: E402
+
+
+def _hl7(segs: list[str]) -> bytes:
+    return ("\r".join(segs) + "\r").encode("utf-8")
+
+
+_MSH = r"MSH|^~\&|RIS|FAC|EHR|DEST|20190315101500||ORU^R01|CTL0002|P|2.5"
+
+
+def _rejected(data: bytes, filename: str = "r.txt") -> str:
+    doc = parse_report(data, filename)
+    with pytest.raises(ReportRejected) as exc:
+        scrub_report(doc, KnownIdentifiers(), None)
+    assert exc.value.reason in REPORT_REASONS
+    return exc.value.reason
+
+
+def test_hl7_coded_fields_and_typed_values_lose_known_identifiers():
+    obr = (["OBR", "1", "C2ACC7702", "C2ACC7702", "71020^CHEST 2V^L^^^^^^Odilie Vaskova C2PID99817 fell at home"]
+           + [""] * 26 + ["R10.9^Pain^I10^^^^^^Vaskova fell, C2PID99817"])
+    data = _hl7([
+        _MSH,
+        r"PID|1||C2PID99817^^^MRN^MR||VASKOVA^ODILIE||19500101|F",
+        "|".join(obr),
+        r"OBX|1|TX|^IMPRESSION||No acute findings.||||||F",
+        r"OBX|2|CWE|^DX||R10.9^Abdominal pain^I10^^^^^^Odilie Vaskova||||||F",
+        r"OBX|3|CE|^REQ||Vaskova^Vaskova||||||F",
+        r"OBX|4|ST|^NOTE Odilie Vaskova^L||see above||||||F",
+        r"OBX|5|NM|^X||Odilie Vaskova||||||F",
+        r"OBX|6|ID|^Y||C2PID99817||||||F",
+        r"OBX|7|NM|^DOSE||12.5|mGy|||||F",
+        r"OBX|8|TM|^T||1230||||||F",
+        r"OBX|9|SN|^R||>^10||||||F",
+        r"OBX|10|ID|^FLAG||Y||||||F",
+        r"NTE|1||note|Vaskova^Vaskova",
+    ])
+    known = KnownIdentifiers(person_names=["VASKOVA^ODILIE"], ids=["C2PID99817"],
+                             replacements={"C2PID99817": "P0000042"})
+    out = scrub_report(parse_report(data, "x.hl7"), known, None).decode()
+    for leak in ("Vaskova", "VASKOVA", "Odilie", "C2PID99817"):
+        assert leak not in out, leak
+    segs = _segments(out.encode())
+    obr_out = segs["OBR"][0]
+    assert obr_out[4].startswith("71020^CHEST 2V^L^")  # pure codes and the plain description stay
+    assert obr_out[31].startswith("R10.9^Pain^I10^")
+    obx = {o[1]: o for o in segs["OBX"]}
+    assert obx["2"][5].startswith("R10.9^Abdominal pain^I10^")
+    assert obx["7"][5] == "12.5" and obx["8"][5] == "1230" and obx["9"][5] == ">^10" and obx["10"][5] == "Y"
+    assert obx["6"][5] == "P0000042"
+
+
+def test_hl7_message_with_a_line_before_msh_or_another_separator_is_parsed():
+    segs = [_MSH, r"PID|1||C4PID30012^^^MRN^MR||MERROWAY^PELLA||19500101|F", r"NK1|1|QUANDERLY^YOLGAR|SPO",
+            r"PV1|1|O|RAD||||1111^TRAXLEROD^UNNA", r"OBR|1|C4ACC4404|C4ACC4404|71020^CHEST",
+            r"OBX|1|TX|^IMPRESSION||Quanderly and Traxlerod informed.||||||F"]
+    lead = b"Received 2019-03-15 from interface\n" + _hl7(segs)
+    other_fs = _hl7([s.replace("|", "#") for s in segs])
+    for data in (lead, other_fs):
+        assert sniff_report(data) == "hl7"
+        doc = parse_report(data, "ACC_C4ACC4404.hl7")
+        assert doc.kind == "hl7" and "C4ACC4404" in doc.accession_numbers
+        out = scrub_report(doc, KnownIdentifiers(), None).decode()
+        for leak in ("QUANDERLY", "Quanderly", "TRAXLEROD", "Traxlerod", "YOLGAR", "MERROWAY", "C4PID30012",
+                     "Received"):
+            assert leak not in out, leak
+
+
+def test_hl7_segments_that_cannot_be_parsed_are_quarantined():
+    data = (b"Report follows\nPID|1||C4PID30012^^^MRN^MR||MERROWAY^PELLA\n"
+            b"NK1|1|QUANDERLY^YOLGAR|SPO\nOBX|1|TX|^IMPRESSION||Findings normal.\n")
+    assert _rejected(data) == "report-unparsed-hl7"
+    assert _rejected(b"Findings: normal\nMSH;broken header\nPID;1;;123\n") == "report-unparsed-hl7"
+    # ordinary cue lines are not taken for HL7 segments
+    ok = parse_report(b"CT HEAD\nPID: 12345678\nOBR-4: CT head\nFindings: normal.\n")
+    assert ok.kind == "text" and not ok.reject
+
+
+def test_markup_reports_are_quarantined():
+    rtf = (rb"{\rtf1\ansi\deff0 {\fonttbl {\f0 Arial;}}\pard RADIOLOGY REPORT\par Accession: C6ACC6606\par"
+           rb" Patient: Br\'e9nda Qxzw\'e9\par Findings: No acute abnormality.\par}")
+    cda = (b'<?xml version="1.0"?>\n<ClinicalDocument xmlns="urn:hl7-org:v3"><name><given>Ysolde</given>'
+           b"<family>Pemberdine</family></name><text>Accession: C8ACC8808. Findings normal.</text></ClinicalDocument>")
+    bare_cda = b"<ClinicalDocument><text>Findings: normal</text></ClinicalDocument>"
+    html = (b"<html><body><h1>Radiology Report</h1><p>Accession: C9ACC9909</p><td>Quibb&#108;ey, Ansel&shy;ma</td>"
+            b"<p>Findings: No acute abnormality.</p></body></html>")
+    frag = b"Findings: normal.<br>Impression: Quibb&#108;ey is fine.<br>"
+    for data in (rtf, cda, bare_cda, html, b"\xef\xbb\xbf  " + html, frag):
+        assert _rejected(data) == "report-unsupported-format", data[:30]
+    # ordinary comparisons in a plain-text report stay plain text
+    doc = parse_report(b"FINDINGS: nodule <5 mm, lesion > 3 cm.\nIMPRESSION: normal.\n")
+    assert doc.kind == "text" and not doc.reject
+
+
+def test_mixed_encoding_report_is_quarantined():
+    txt = "RADIOLOGY REPORT\nFindings: Brénda Qxzwé, temp 37\xb0C.\n"
+    data = txt.encode("utf-8").replace(b"\xc2\xb0", b"\xb0")
+    assert _rejected(data) == "report-mixed-encoding"
+    # plain Latin-1 and plain UTF-8 are still decoded and exported
+    for enc in ("latin-1", "utf-8"):
+        doc = parse_report(txt.encode(enc))
+        assert not doc.reject and "Qxzwé" in doc.text
+        out = scrub_report(doc, KnownIdentifiers(person_names=["QXZWÉ^BRÉNDA"]), None).decode()
+        assert "Qxzw" not in out and "nda" not in out
+
+
+def test_hl7_names_in_other_segments_are_known_identifiers():
+    obr = (["OBR", "1", "C3ACC3303", "C3ACC3303", "71020^CHEST", "", "", "", "", "", "9999^COLLERIDGE^ANN"]
+           + [""] * 21 + ["6666&ZOLTRANE&HEIDO^20190315080000^20190315090000"])
+    data = _hl7([
+        _MSH,
+        r"PID|1||C3PID55120^^^MRN^MR||BRANDISH&&BRANDISH&&PEMBRIDGE^TOVA||19500101|F",
+        r"NK1|1|PLOVERTON^YOLGAR|SPO",
+        r"PD1|||FAC|7777^HARGREAVE^NILS",
+        r"TXA|1|RAD|TX|20190315||||||8888^FENSHAWE^ODA",
+        "|".join(obr),
+        r"OBX|1|TX|^IMPRESSION||Ploverton consented. Hargreave concurs. Zoltrane agrees with the plan. Fenshawe "
+        r"reviewed. Pembridge called. Colleridge collected. Ostrowan directs.||||||F||||||||||||||7777^OSTROWAN^MIKA",
+    ])
+    doc = parse_report(data, "x.hl7")
+    assert "ZOLTRANE^HEIDO" in doc.other_names and "PEMBRIDGE^TOVA" in doc.other_names
+    out = scrub_report(doc, KnownIdentifiers(), None).decode()
+    for leak in ("Ploverton", "Hargreave", "Zoltrane", "Fenshawe", "Pembridge", "Colleridge", "Ostrowan",
+                 "2019031508"):
+        assert leak not in out, leak
+
+
+def test_hl7_msh3_and_msh5_are_replaced():
+    data = _hl7([r"MSH|^~\&|RIS^Saint Wexbury Hospital^L|WEXBURY|PACS^Marbleton Heart Clinic^L|MHC|20190315101500"
+                 r"||ORU^R01|CTL0010|P|2.5", r"OBX|1|TX|^IMPRESSION||No acute findings.||||||F"])
+    out = scrub_report(parse_report(data), KnownIdentifiers(), None).decode()
+    assert "Wexbury" not in out and "Marbleton" not in out
+    msh = _segments(out.encode())["MSH"][0]
+    assert msh[2] == msh[4] == "[INSTITUTION]" and msh[8] == "ORU^R01"
+
+
+def test_report_batch_quarantines_reports_that_cannot_be_scrubbed(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    from medanon.pipeline import WorkerConfig
+    from medanon.profile import PROFILES
+    from medanon.reportstage import report_batch
+    from medanon.storage import LocalSource
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.dcm").write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    files = {
+        "ok.txt": b"FINDINGS: no acute abnormality.\nIMPRESSION: normal study.\n",
+        "r.rtf": rb"{\rtf1\ansi Findings: Br\'e9nda Qxzw\'e9\par Impression: normal.\par}",
+        "m.txt": "Findings: Brénda, 37°C.".encode("utf-8").replace(b"\xc2\xb0", b"\xb0"),
+        "h.txt": b"Report\nPID|1||123^^^MRN||DOE^JOHN\nNK1|1|DOE^JANE|SPO\n",
+    }
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    listed = {e.relpath: e for e in LocalSource(src).iter_entries()}
+    cfg = WorkerConfig(source=str(src), target=str(tmp_path / "out"), profile=PROFILES["research"], key=b"k",
+                       sync=False)
+    items = [(i, name, f"p/{i}.txt", "a.dcm", listed[name].size, listed[name].token, listed["a.dcm"].token)
+             for i, name in enumerate(files, 1)]
+    res = report_batch(cfg, 1, items)
+    assert res["exported"] == 1 and list(res["outputs"]) == [1]
+    assert res["quarantined"] == {2: "report-unsupported-format", 3: "report-mixed-encoding",
+                                  4: "report-unparsed-hl7"}
+    assert not (tmp_path / "out" / "p" / "2.txt").exists()
+
+
+def test_hl7_message_that_cannot_be_rebuilt_is_quarantined_not_exported_as_text(monkeypatch):
+    import medanon.reports as reports
+
+    def boom(*_a, **_k):
+        raise ValueError("x")
+
+    monkeypatch.setattr(reports, "_scrub_hl7", boom)
+    with pytest.raises(ReportRejected) as exc:
+        scrub_report(parse_report(HL7.encode()), KnownIdentifiers(), None)
+    assert exc.value.reason == "report-unparsed-hl7"

@@ -204,3 +204,57 @@ def test_find_phi_spans_are_sorted_and_disjoint():
     assert all(a.end <= b.start for a, b in zip(spans, spans[1:]))
     kinds = {s.kind for s in spans}
     assert {"NAME", "PHONE", "DATE", "ID", "ADDRESS"} <= kinds
+
+
+# --------------------------------------------------------------------------- audit fixes (PHI leaks)
+
+
+def test_invisible_characters_inside_a_known_name_do_not_defeat_matching():
+    known = KnownIdentifiers(person_names=["TREVANNION^MALVINA"])
+    text = "Patient Trevan\u00adnion seen. Mal\u200bvina tolerated it. Trevan\u200dnion\ufeff again, Mal\u200cvina."
+    out = clean_text(text, known)
+    for leak in ("Trevan", "nion", "Mal", "vina"):
+        assert leak not in out, (leak, out)
+
+
+def test_two_letter_family_name_on_its_own():
+    known = KnownIdentifiers(person_names=["NG^WEIXU"])
+    out = clean_text("Impression: Normal. Ng reports less pain. Results given to Ng. NG informed.", known)
+    assert "Ng" not in out and "NG " not in out, out
+    # lower-case units and words are kept
+    out = clean_text("Troponin 5 ng/mL, going well.", known)
+    assert "ng/mL" in out and "going" in out
+
+
+def test_mentions_known():
+    from medanon.textscrub import mentions_known
+
+    known = KnownIdentifiers(person_names=["VASKOVA^ODILIE"], ids=["C2PID99817"])
+    assert mentions_known("Vaskova", known) and mentions_known("ODILIE", known)
+    assert mentions_known("c2pid99817", known) and mentions_known("x C2PID99817, y", known)
+    assert not mentions_known("CHEST 2V", known) and not mentions_known("R10.9", known)
+
+
+def test_known_birth_date_in_any_spelling_is_removed_and_lower_case_age_suffix():
+    known = KnownIdentifiers(person_names=["HOLLENBY^ISMAY"], dates=["19261203"])
+    out = clean_text("92y female (born 12/03/1926, 3 Dec 1926, 1926-12-03, December 3, 1926, 3.12.1926). "
+                     "Exam 03/04/2021. Now 92 yrs.", known, -5)
+    for leak in ("1926", "Dec 3", "92y", "92 yrs", "1923"):
+        assert leak not in out, (leak, out)
+    assert out.count("[DOB]") == 5 and "02/27/2021" in out
+
+
+def test_known_name_without_apostrophe_or_glued_to_the_given_name():
+    known = KnownIdentifiers(person_names=["O'QUARRELL^TESSANDRA"])
+    out = clean_text("Seen: OQUARRELLTESSANDRA. O Quarrell agreed. Quarrell called. Oquarrell ok.", known)
+    assert "QUARRELL" not in out.upper() and "TESSANDRA" not in out.upper(), out
+
+
+def test_transliterated_known_names():
+    known = KnownIdentifiers(person_names=["GROEBNER^JUERGEN", "LOKOWSKI^PIOTR"])
+    out = clean_text("Gröbner berichtet. Jürgens Sturz. Łokowski informiert.", known)
+    for leak in ("Gröbner", "Jürgen", "Łokowski"):
+        assert leak not in out, (leak, out)
+    known = KnownIdentifiers(person_names=["MÜLLER-GRÖBNER^JÜRGEN"])
+    out = clean_text("Mueller-Groebner berichtet. Juergen kam.", known)
+    assert "Mueller" not in out and "Groebner" not in out and "Juergen" not in out, out
