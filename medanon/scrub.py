@@ -54,9 +54,18 @@ except ImportError:  # pragma: no cover
     _REGISTERED_UIDS = {}
 
 _KNOWN_PN_TAGS = (0x00100010, 0x00101001, 0x00101060, 0x00080090, 0x00081050, 0x00081060, 0x00081070,
-             0x00321032, 0x00081048, 0x0040A075, 0x00400006, 0x40080114, 0x00101005)
+             0x00321032, 0x00081048, 0x0040A075, 0x00400006, 0x40080114, 0x00101005,
+             0x0008009C, 0x00401010, 0x00102297, 0x00402008, 0x00700084)  # consulting, intended recipients,
+             # responsible person, order entered by, content creator
 _KNOWN_ID_TAGS = (0x00100020, 0x00101000, 0x00080050, 0x00200010, 0x00101002, 0x00380010, 0x00401001, 0x00400009,
-             0x00402016, 0x00402017, 0x00101090, 0x00102297)
+             0x00402016, 0x00402017, 0x00101090, 0x00102297, 0x00400253)  # ..., performed procedure step ID
+_KNOWN_ADDRESS_TAGS = (0x00101040, 0x00080081, 0x00080092)  # patient's, institution's, referring physician's
+_KNOWN_PHONE_TAGS = (0x00102154, 0x00080094)  # patient's, referring physician's telephone numbers
+# Sequences whose items name the patient or staff (other IDs, referenced patient, request
+# attributes, the staff identification sequences): their PN values and known IDs, at any depth,
+# are known identifiers too
+_KNOWN_SEQ_TAGS = (0x00101002, 0x00081120, 0x00400275, 0x00080096, 0x00081049, 0x00081052, 0x00081062,
+                   0x00081072, 0x00321031, 0x0040A073, 0x00400036)
 
 
 PATIENT_NAME = 0x00100010
@@ -70,8 +79,9 @@ IDENTITY_TAGS = frozenset((PATIENT_ID, PATIENT_NAME, ACCESSION, STUDY_ID))
 CONTENT_ITEM_VALUE_TAGS = frozenset((0x0040A160, 0x0040A123, 0x0040A121, 0x0040A122, 0x0040A120, 0x0040A124))
 # Every top-level element context_for reads (patient_key_of and known_identifiers): the
 # ScrubContext of an instance is a function of these elements' bytes, the profile and the key.
-CONTEXT_INPUT_TAGS = frozenset(_KNOWN_PN_TAGS + _KNOWN_ID_TAGS + (
-    0x00100021, 0x00100030, 0x00101040, 0x00102154, 0x00080080, 0x00081040, 0x00081010, 0x0020000D))
+CONTEXT_INPUT_TAGS = frozenset(_KNOWN_PN_TAGS + _KNOWN_ID_TAGS + _KNOWN_ADDRESS_TAGS + _KNOWN_PHONE_TAGS
+                               + _KNOWN_SEQ_TAGS + (0x00100021, 0x00100030, 0x00080080, 0x00081040, 0x00081010,
+                                                    0x0020000D))
 # Read besides the element being scrubbed (context_for, known_identifiers, the file meta, the
 # encoder's character set, the manifest row): never copied past the scrubber.
 CONTEXT_TAGS = CONTEXT_INPUT_TAGS | {0x00080005, 0x00080016, 0x00080018, 0x00080060, 0x0020000E}
@@ -654,6 +664,27 @@ def patient_key_of(ds: Dataset) -> str:
     return f"study\x00{ds.get('StudyInstanceUID', '')}"
 
 
+def _known_in_items(seq, k: KnownIdentifiers, depth: int) -> None:
+    """The person names, known IDs and institutions in a sequence's items, at any depth."""
+    if depth > 8 or getattr(seq, "VR", None) != "SQ":
+        return
+    for item in seq.value or []:
+        for el in item:
+            if el.VR == "SQ":
+                _known_in_items(el, k, depth + 1)
+                continue
+            if el.value in (None, "", b""):
+                continue
+            vals = [str(x) for x in el.value] if el.VM > 1 else [str(el.value)]
+            vals = [v for v in vals if v.strip()]
+            if el.VR == "PN":
+                k.person_names += vals
+            elif el.tag in _KNOWN_ID_TAGS:
+                k.ids += vals
+            elif el.tag in (0x00080080, 0x00081040):
+                k.institutions += vals
+
+
 def known_identifiers(ds: Dataset, pseudo: Pseudonymizer | None = None, patient_key: str = "") -> KnownIdentifiers:
     """Identifiers of this instance's patient, staff and site, for cleaning free text."""
     k = KnownIdentifiers()
@@ -676,9 +707,14 @@ def known_identifiers(ds: Dataset, pseudo: Pseudonymizer | None = None, patient_
     for t in _KNOWN_ID_TAGS:
         k.ids += [v for v in values(t) if v.strip()]
     k.dates += values(0x00100030)
-    k.addresses += values(0x00101040)
-    k.phones += values(0x00102154)
+    for t in _KNOWN_ADDRESS_TAGS:
+        k.addresses += values(t)
+    for t in _KNOWN_PHONE_TAGS:
+        k.phones += values(t)
     k.institutions += values(0x00080080) + values(0x00081040) + values(0x00081010)
+    for t in _KNOWN_SEQ_TAGS:
+        if t in present:
+            _known_in_items(ds[t], k, 0)
     if pseudo is not None:
         acc = str(ds.get("AccessionNumber", "") or "")
         study_uid = str(ds.get("StudyInstanceUID", "") or "")

@@ -445,3 +445,37 @@ def test_unlisted_urls_dates_and_alternative_calendar_dates(profile):
                 (datetime.date(2020, 3, 17) - datetime.timedelta(shift)).strftime("%Y%m%d"))
         else:
             assert 0x0008041F not in out and 0x00140102 not in out
+
+
+def test_identifiers_named_only_in_sequences_and_staff_fields_are_cleaned_from_text():
+    """Free text is cleaned of the identifiers the header names anywhere: IDs and names inside
+    Other Patient IDs, Referenced Patient and staff identification sequences, the consulting
+    physician, the intended recipients, the performed procedure step ID, addresses and phones."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    other = Dataset()
+    other.PatientID = "QXZALPHA9"
+    ds.OtherPatientIDsSequence = Sequence([other])
+    ref = Dataset()
+    ref.add_new(0x00100010, "PN", "Zqvvnor^Ottilie")
+    ds.ReferencedPatientSequence = Sequence([ref])
+    staff, code = Dataset(), Dataset()
+    code.add_new(0x00080080, "LO", "Brackenfold Infirmary")
+    staff.add_new(0x00401101, "SQ", Sequence([code]))  # Person Identification Code Sequence
+    staff.add_new(0x00401104, "LT", "ignored")
+    ds.PerformingPhysicianIdentificationSequence = Sequence([staff])
+    ds.ConsultingPhysicianName = "Harrowgate^Ilsabet"
+    ds.NamesOfIntendedRecipientsOfResults = "Pemberworth^Ansgar"
+    ds.PerformedProcedureStepID = "PPSQWERTY7"
+    ds.InstitutionAddress = "12 Quillfeather Lane, Dunmorrow"
+    ds.ReferringPhysicianTelephoneNumbers = "555-0143-77"
+    ds.ImageComments = ("Seen with Ottilie Zqvvnor (alias QXZALPHA9), consulted Dr Ilsabet Harrowgate, copy to "
+                        "Ansgar Pemberworth, step PPSQWERTY7, 12 Quillfeather Lane, call 555-0143-77")
+    out, data, _ = _roundtrip(ds)
+    comments = str(out.ImageComments)
+    for needle in ("Zqvvnor", "Ottilie", "QXZALPHA9", "Harrowgate", "Ilsabet", "Pemberworth", "Ansgar",
+                   "PPSQWERTY7", "Quillfeather", "555-0143"):
+        assert needle not in comments, needle
+    assert "consulted" in comments and "copy to" in comments  # the prose stays
