@@ -16,7 +16,8 @@ Policy for attributes the table does not list (documented in the README):
   the standard (transfer syntaxes, SOP classes, coding schemes...) is replaced
   by its keyed pseudonym unless Retain UIDs is chosen;
 - inside a sequence whose action is D (e.g. Content Sequence under the Basic
-  Profile), free-text VRs (LO, SH, LT, ST, UT, UC) are replaced by a dummy;
+  Profile), free-text VRs (LO, SH, LT, ST, UT, UC) are replaced by a dummy; elsewhere
+  they are cleaned like a description (the identifiers the header names, what looks like PHI);
 - a URL (UR) is removed, and so are Patient's Birth/Death Date in Alternative Calendar,
   Patient's Alternative Calendar and Filename in Container;
 - a date, date-time or time is treated as the profile treats listed ones: kept with
@@ -46,7 +47,7 @@ from pydicom.sequence import Sequence
 from . import __version__
 from .keys import Pseudonymizer, shift_date, shift_datetime
 from .profile import CID7050, ActionTable, Profile, csc_codes, resolve, safe_private, safe_private_vrs
-from .textscrub import KnownIdentifiers, clean_text
+from .textscrub import KnownIdentifiers, clean_text, known_tokens, mentions_known
 
 try:  # registered UIDs (transfer syntaxes, SOP classes, ...) are not identifying
     from pydicom._uid_dict import UID_dictionary as _REGISTERED_UIDS
@@ -88,6 +89,7 @@ CONTEXT_TAGS = CONTEXT_INPUT_TAGS | {0x00080005, 0x00080016, 0x00080018, 0x00080
 # Written by _mark
 MARK_TAGS = frozenset((0x00120062, 0x00120063, 0x00120064, 0x00280303))
 TEXT_VRS = {"LO", "SH", "LT", "ST", "UT", "UC"}
+LONG_TEXT_VRS = {"LT", "ST", "UT", "UC"}
 # File meta elements written to an output (an allow-list; the group length is recomputed)
 META_KEPT_TAGS = frozenset((0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013))
 # Standard attributes Table E.1-1 does not list that are removed all the same: Patient's Birth
@@ -124,6 +126,15 @@ class ScrubContext:
     known_key: tuple | None = None  # hashable form of ``known`` (computed on first use)
 
 
+def _known_key(ctx: ScrubContext) -> tuple:
+    """The hashable form of an instance's known identifiers (computed once per context)."""
+    if ctx.known_key is None:
+        k = ctx.known
+        ctx.known_key = (tuple(k.person_names), tuple(k.ids), tuple(k.dates), tuple(k.addresses),
+                         tuple(k.phones), tuple(k.institutions), tuple(sorted(k.replacements.items())))
+    return ctx.known_key
+
+
 def put_element(ds: Dataset, tag: int, vr: str, value) -> None:
     """Set an element to a value medanon wrote (a constant, a pseudonym, a registered UID) as a new
     element with its dictionary VR, without pydicom's per-value validation (``setattr`` also looks
@@ -144,6 +155,8 @@ class Scrubber:
         self.safe_private_vr = safe_private_vrs() if profile.retain_safe_private else {}
         self.csc = csc_codes() if profile.clean_structured_content else {}
         self._text_cache: dict = {}
+        self._tokens_cache: dict = {}
+        self._mentions_cache: dict = {}
         self._kept_cache: dict = {}
         self._mark_elements: tuple | None = None
         if profile.retain_longitudinal_full_dates:
@@ -224,8 +237,9 @@ class Scrubber:
         if tag in IDENTITY_TAGS and action != "K":
             return False
         if action is None:
-            return (dictionary_has_tag(tag) and vr not in ("PN", "UI", "UR", "DA", "DT", "TM")
-                    and tag not in UNLISTED_REMOVED_TAGS)
+            dvr = vr or (_allowed_vrs(tag) and dictionary_VR(tag))  # implicit VR: the dictionary's
+            return (dictionary_has_tag(tag) and dvr not in ("PN", "UI", "UR", "DA", "DT", "TM")
+                    and dvr not in TEXT_VRS and tag not in UNLISTED_REMOVED_TAGS)
         return action == "K" and tag != PATIENT_AGE
 
     def element_memo(self):
@@ -359,7 +373,7 @@ class Scrubber:
         if vr in ("DA", "DT", "TM"):
             self._unlisted_temporal(ds, tag, vr, ctx)
             return
-        if vr not in ("SQ", "PN", "UI") and not (mode == "D" and vr in TEXT_VRS):
+        if vr not in ("SQ", "PN", "UI") and vr not in TEXT_VRS:
             return
         elem = ds[tag]
         vr = elem.VR
@@ -376,6 +390,8 @@ class Scrubber:
         elif mode == "D" and vr in TEXT_VRS and elem.value:
             elem.value = TEXT_DUMMY
             ctx.replaced += 1
+        elif vr in TEXT_VRS and elem.value:
+            self._clean_unlisted_text(elem, vr, ctx)
 
     def _unlisted_temporal(self, ds: Dataset, tag, vr: str, ctx: ScrubContext) -> None:
         """A date or time the table does not list is treated as the profile treats listed ones:
@@ -514,6 +530,38 @@ class Scrubber:
             del ds[tag]
         # numbers and codes are not free text: kept
 
+    def _clean_unlisted_text(self, elem: DataElement, vr: str, ctx: ScrubContext) -> None:
+        """Free text the table does not list. Long text (comments, a Text Value: LT, ST, UT, UC) is
+        cleaned like a description. A short string (LO, SH: a Code Meaning, a code, a version) is
+        cleaned only when it names a known identifier, since the PHI patterns would take codes
+        and version numbers for IDs and addresses; a value that still names one is replaced."""
+        values = [str(v) for v in elem.value] if elem.VM > 1 else [str(elem.value)]
+        if vr not in LONG_TEXT_VRS and not any(self._mentions_known(v, ctx) for v in values):
+            return
+        cleaned = [self._clean_text(v, ctx) for v in values]
+        cleaned = [TEXT_DUMMY if self._mentions_known(v, ctx) else v for v in cleaned]
+        if cleaned != values:
+            elem.value = cleaned if elem.VM > 1 else cleaned[0]
+            ctx.replaced += 1
+
+    def _mentions_known(self, text: str, ctx: ScrubContext) -> bool:
+        """Does ``text`` name one of the instance's known identifiers (memoised per known set)."""
+        if not text.strip():
+            return False
+        known_key = _known_key(ctx)
+        tokens = self._tokens_cache.get(known_key)
+        if tokens is None:
+            if len(self._tokens_cache) >= 1000:
+                self._tokens_cache.clear()
+            tokens = self._tokens_cache[known_key] = known_tokens(ctx.known)
+        key = (text, known_key)
+        hit = self._mentions_cache.get(key)
+        if hit is None:
+            if len(self._mentions_cache) >= 20_000:
+                self._mentions_cache.clear()
+            hit = self._mentions_cache[key] = mentions_known(text, ctx.known, tokens)
+        return hit
+
     def _clean_text_value(self, elem: DataElement, ctx: ScrubContext):
         if elem.VM > 1:
             return [self._clean_text(str(v), ctx) for v in elem.value]
@@ -524,11 +572,7 @@ class Scrubber:
         result depends only on the text, the known identifiers and the date shift."""
         if not text.strip():
             return text
-        if ctx.known_key is None:
-            k = ctx.known
-            ctx.known_key = (tuple(k.person_names), tuple(k.ids), tuple(k.dates), tuple(k.addresses),
-                             tuple(k.phones), tuple(k.institutions), tuple(sorted(k.replacements.items())))
-        key = (text, ctx.known_key, ctx.date_shift)
+        key = (text, _known_key(ctx), ctx.date_shift)
         cached = self._text_cache.get(key)
         if cached is None:
             if len(self._text_cache) >= 20_000:

@@ -479,3 +479,32 @@ def test_identifiers_named_only_in_sequences_and_staff_fields_are_cleaned_from_t
                    "PPSQWERTY7", "Quillfeather", "555-0143"):
         assert needle not in comments, needle
     assert "consulted" in comments and "copy to" in comments  # the prose stays
+
+
+@pytest.mark.parametrize("profile", ["research", "basic"])
+def test_free_text_the_table_does_not_list_is_cleaned_and_codes_are_kept(profile):
+    """Comments on the Scheduled Procedure Step (LT), a Text Value (UT) and a Code Meaning (LO)
+    are not in Table E.1-1: long text is cleaned, a short string is cleaned when it names a known
+    identifier. Codes and version numbers that name none are kept as they are."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PatientName, ds.PatientID = "Qxzwv^Brenda", "MRN7733421"
+    step, specimen, code, plain = Dataset(), Dataset(), Dataset(), Dataset()
+    step.add_new(0x00400400, "LT", "Patient Brenda Qxzwv (MRN7733421) is claustrophobic")
+    ds.ScheduledProcedureStepSequence = Sequence([step])
+    specimen.add_new(0x0040A160, "UT", "Biopsy of QXZWV, BRENDA taken at 10:00")
+    ds.add_new(0x00400560, "SQ", Sequence([specimen]))  # Specimen Description Sequence
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "T-D0050", "SRT", "Qxzwv tissue"
+    plain.CodeValue, plain.CodingSchemeDesignator, plain.CodeMeaning = "113040", "DCM", "Lossy Compression"
+    ds.AnatomicRegionSequence = Sequence([code, plain])
+    ds.SoftwareVersions = ["2.6.3", "2.6.3.6"]
+    out, data, _ = _roundtrip(ds, PROFILES[profile])
+    for needle in (b"Qxzwv", b"QXZWV", b"Brenda", b"BRENDA", b"7733421"):
+        assert needle not in data, needle
+    assert "claustrophobic" in str(out.ScheduledProcedureStepSequence[0][0x00400400].value)
+    kept = out.AnatomicRegionSequence[1]
+    assert (kept.CodeValue, kept.CodeMeaning) == ("113040", "Lossy Compression")
+    assert out.AnatomicRegionSequence[0].CodeValue == "T-D0050"
+    assert list(out.SoftwareVersions) == ["2.6.3", "2.6.3.6"]
