@@ -688,10 +688,12 @@ class _HL7Scrubber:
             if not c0:
                 out_reps.append(rep)
                 continue
-            if self.shift is not None:
+            if dob:
+                new = ""  # a birth date is removed, never shifted (as Patient's Birth Date in the DICOM)
+            elif self.shift is not None:
                 new = shift_da(c0, self.shift) if len(c0) >= 8 else c0[:4]
             else:
-                new = "" if dob else c0[:4]
+                new = c0[:4]
             if not new:
                 out_reps.append("")
                 continue

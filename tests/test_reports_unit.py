@@ -125,7 +125,7 @@ def test_scrub_hl7_round_trip():
     assert msh[1] == "^~\\&" and msh[3] == "[INSTITUTION]" and msh[6] == shift_da("20210304101500", -10)
     pid = segs["PID"][0]
     assert pid[3] == "P0000042^^^^MR~[ID]^^^^SS"
-    assert pid[5] == "[NAME]" and pid[7] == shift_da("19650312", -10) and pid[8] == "M"
+    assert pid[5] == "[NAME]" and pid[7] == "" and pid[8] == "M"  # a birth date is removed, never shifted
     assert pid[11] == "[ADDRESS]" and pid[13] == "[PHONE]"
     pv1 = segs["PV1"][0]
     assert pv1[7] == "[NAME]" and pv1[8] == "[NAME]" and pv1[3] == ""
