@@ -15,6 +15,7 @@ a PHI-free summary: counts, quarantine reason codes, and manifest rows built fro
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 
 import pydicom
@@ -67,6 +68,29 @@ def study_context(ds, cfg: WorkerConfig, pseudo):
     return known, shift, info
 
 
+def _with_other_series(ctx: tuple, source, others: str | None) -> tuple:
+    """The study context with the known identifiers of the study's other series added (one header
+    each: their operators and physicians may differ from the anchor's series). A header that
+    changed since the listing raises EntryChanged (the report waits for the next run); one that
+    cannot be read adds nothing (its instance is quarantined, its names are not known)."""
+    from .scrub import known_identifiers
+
+    if not others:
+        return ctx
+    known, shift, info = ctx
+    for relpath, token in json.loads(others):
+        try:
+            ds = _header(source, relpath, token)
+        except EntryChanged:
+            raise
+        except Exception:  # noqa: BLE001
+            continue
+        more = known_identifiers(ds)
+        more.replacements = {}  # pseudonyms stay the anchor's (one patient, one study)
+        known = known.merged(more)
+    return known, shift, info
+
+
 def _header(source, relpath: str, token: str | None = None):
     with source.open(relpath, token) as fh, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -88,10 +112,12 @@ def report_batch(cfg: WorkerConfig, batch_no: int, items: list[tuple]) -> dict:
     result = {"batch": batch_no, "exported": 0, "skipped_identical": 0, "bytes_out": 0,
               "quarantined": {}, "outputs": {}, "target_full": False, "pending": []}
     for n, item in enumerate(items):
-        file_id, relpath, out_rel, dicom_rel, _size, token, dicom_token = item
+        file_id, relpath, out_rel, dicom_rel, _size, token, dicom_token = item[:7]
+        others = item[7] if len(item) > 7 else None
         if dicom_rel not in studies:
             try:
                 studies[dicom_rel] = study_context(_header(source, dicom_rel, dicom_token), cfg, pseudo)
+                studies[dicom_rel] = _with_other_series(studies[dicom_rel], source, others)
             except EntryChanged:  # the study's identifiers may no longer be the ones paired with
                 studies[dicom_rel] = "changed"
             except Exception:  # noqa: BLE001 - missing or unreadable header: no known identifiers, no export

@@ -441,11 +441,21 @@ class StateStore:
                 "UPDATE OR FAIL files SET status='paired', reason='', study_uid=:study_uid, patient_key=:patient_key, "
                 "out_relpath=:out_relpath WHERE id=:file_id", pairings)
 
+    # the study's other series, one instance each (at most this many): their headers name staff
+    # (operators, performing physicians) that the anchor's may not
+    OTHER_SERIES_READ = 32
+
     def iter_paired_reports(self, source: str, batch_size: int) -> Iterator[list[tuple]]:
-        """Batches of (id, relpath, out_relpath, anchor instance relpath, size, token, anchor token)
-        to scrub and export."""
+        """Batches of (id, relpath, out_relpath, anchor instance relpath, size, token, anchor token,
+        other series) to scrub and export; other series: a JSON list of [relpath, token] of one
+        instance of each other series of the study."""
         return self._paged(
-            "SELECT f.id, f.relpath, f.out_relpath, d.relpath, f.size, f.token, d.token FROM files f JOIN reports r "
+            "SELECT f.id, f.relpath, f.out_relpath, d.relpath, f.size, f.token, d.token, "
+            "(SELECT json_group_array(json_array(o.relpath, o.token)) FROM (SELECT MIN(s.id) AS oid FROM files s "
+            " WHERE s.study_uid=d.study_uid AND s.source=d.source AND s.kind='dicom' "
+            " AND s.series_uid IS NOT d.series_uid GROUP BY s.series_uid ORDER BY s.series_uid "
+            f" LIMIT {self.OTHER_SERIES_READ}) x JOIN files o ON o.id=x.oid) "
+            "FROM files f JOIN reports r "
             "ON r.file_id=f.id JOIN files d ON d.id=r.dicom_id WHERE f.source=? AND f.kind='report' "
             "AND f.status='paired' AND f.id>? ORDER BY f.id LIMIT ?", (source,), batch_size)
 

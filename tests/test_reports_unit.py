@@ -384,3 +384,49 @@ def test_hl7_message_that_cannot_be_rebuilt_is_quarantined_not_exported_as_text(
     with pytest.raises(ReportRejected) as exc:
         scrub_report(parse_report(HL7.encode()), KnownIdentifiers(), None)
     assert exc.value.reason == "report-unparsed-hl7"
+
+
+def test_a_report_is_cleaned_of_staff_named_only_in_another_series_of_its_study(tmp_path):
+    """The report's known identifiers come from one header of each series of its study (the
+    anchor's, then one per other series, from the state store): an operator or performing
+    physician named only in another series is removed from the report too."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from medanon.pipeline import WorkerConfig
+    from medanon.profile import PROFILES
+    from medanon.reportstage import report_batch
+    from medanon.state import StateStore
+    from medanon.storage import LocalSource
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, series, operator in (("a.dcm", "1.2.3.4.1", "Plainfield^Otto"), ("b.dcm", "1.2.3.4.2",
+                                                                                "Brightwater^Xanthe")):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.OperatorsName = "1.2.3.4", series, operator
+        ds.save_as(src / name)
+    (src / "r.txt").write_bytes(b"FINDINGS: no acute abnormality. Xanthe Brightwater was paged; Otto Plainfield too.\n")
+    listed = {e.relpath: e for e in LocalSource(src).iter_entries()}
+    store = StateStore(tmp_path / "state")
+    db = store.db
+    for name, series in (("a.dcm", "1.2.3.4.1"), ("b.dcm", "1.2.3.4.2")):
+        db.execute("INSERT INTO files (source, relpath, size, token, kind, status, study_uid, series_uid) "
+                   "VALUES (?, ?, ?, ?, 'dicom', 'done', '1.2.3.4', ?)",
+                   (str(src), name, listed[name].size, listed[name].token, series))
+    db.execute("INSERT INTO files (source, relpath, size, token, kind, status, study_uid, out_relpath) VALUES "
+               "(?, 'r.txt', ?, ?, 'report', 'paired', '1.2.3.4', 'p/r.txt')",
+               (str(src), listed["r.txt"].size, listed["r.txt"].token))
+    anchor = store.study_anchor(str(src), "1.2.3.4")
+    assert anchor["relpath"] == "a.dcm"
+    db.execute("INSERT INTO reports (file_id, study_uid, rule, dicom_id, format, order_key, seq) "
+               "VALUES (3, '1.2.3.4', 'study-uid', ?, 'text', 'k', 1)", (anchor["id"],))
+    (items,) = list(store.iter_paired_reports(str(src), 10))
+    store.close()
+    cfg = WorkerConfig(source=str(src), target=str(tmp_path / "out"), profile=PROFILES["research"], key=b"k",
+                       sync=False)
+    res = report_batch(cfg, 1, items)
+    assert res["exported"] == 1, res
+    text = (tmp_path / "out" / "p" / "r.txt").read_text()
+    assert "Brightwater" not in text and "Xanthe" not in text and "Plainfield" not in text, text
+    assert "no acute abnormality" in text
