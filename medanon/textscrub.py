@@ -300,6 +300,12 @@ def _translit_variants(raw: str, n: str) -> set[str]:
 _INVISIBLE_RE = re.compile("[\u00ad\u200b-\u200d\u2060\ufeff]")
 
 
+def _other_kana(s: str) -> str:
+    """Hiragana as katakana and katakana as hiragana (the same reading in the other script)."""
+    return "".join(chr(ord(c) + 0x60) if "\u3041" <= c <= "\u3096" else
+                   chr(ord(c) - 0x60) if "\u30a1" <= c <= "\u30f6" else c for c in s)
+
+
 def strip_invisible(s: str) -> str:
     return _INVISIBLE_RE.sub("", s) if s else s
 
@@ -1071,6 +1077,7 @@ def _known_names(ctx: _Ctx, known: KnownIdentifiers):
                 parts = ["".join(fam), "".join(given), "".join(fam) + "".join(given),
                          " ".join(fam + given), "".join(given) + "".join(fam)]
                 cjk.update(p for p in parts if p)
+                cjk.update(_other_kana(p) for p in parts if p)  # やまだ written ヤマダ, and back
                 continue
             for role, words in (("family", fam), ("given", given), ("middle", middle)):
                 for w in words:

@@ -258,3 +258,14 @@ def test_transliterated_known_names():
     known = KnownIdentifiers(person_names=["MÜLLER-GRÖBNER^JÜRGEN"])
     out = clean_text("Mueller-Groebner berichtet. Juergen kam.", known)
     assert "Mueller" not in out and "Groebner" not in out and "Juergen" not in out, out
+
+
+def test_a_kana_name_is_found_in_the_other_kana_script():
+    """A PN whose phonetic group is hiragana (やまだ^たろう) written in katakana in the text (ヤマダ
+    タロウ), and the reverse."""
+    known = KnownIdentifiers(person_names=["Yamada^Tarou=山田^太郎=やまだ^たろう"])
+    out = clean_text("患者 ヤマダ タロウ さん、ヤマダ。", known, None)
+    assert "ヤマダ" not in out and "タロウ" not in out, out
+    known = KnownIdentifiers(person_names=["Yamada^Tarou=山田^太郎=ヤマダ^タロウ"])
+    out = clean_text("患者 やまだ たろう さん。", known, None)
+    assert "やまだ" not in out and "たろう" not in out, out
