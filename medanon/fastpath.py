@@ -28,6 +28,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from . import rawsplit
 from .discover import HEAD_BYTES, sniff
+from .scrub import META_KEPT_TAGS
 
 IN_MEMORY_LIMIT = 64 * 1024 * 1024
 CHUNK = 1 << 20
@@ -152,9 +153,6 @@ _CONSTANT_ELEMENTS: dict = {}
 _TEXT_ELEMENTS: dict = {}
 _STR_TYPES = (str, pydicom.uid.UID)
 _META_VR_PAD = {"UI": b"\x00", "OB": b"\x00"}
-# File Meta Information Version, Media Storage SOP Class and Instance UIDs, Transfer Syntax UID,
-# Implementation Class UID and Version Name (the group length is computed)
-_META_KEPT_TAGS = frozenset((0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013))
 
 
 def _encode_meta(meta) -> bytes:
@@ -162,8 +160,8 @@ def _encode_meta(meta) -> bytes:
     the same bytes pydicom's write_file_meta_info writes, without its per-call overhead."""
     from pydicom.datadict import dictionary_VR
 
-    # an allow-list (as the scrubber's): nothing else of the source's meta is written
-    for tag in [t for t in meta._dict if int(t) not in _META_KEPT_TAGS]:
+    # the scrubber's allow-list: nothing else of the source's meta is written
+    for tag in [t for t in meta._dict if int(t) not in META_KEPT_TAGS]:
         del meta[tag]
     meta.FileMetaInformationVersion = b"\x00\x01"  # never copied
     if "ImplementationClassUID" not in meta:

@@ -154,17 +154,6 @@ def parse_tag(tag: str) -> int | None:
 
 
 @lru_cache(maxsize=1)
-def safe_private() -> frozenset[tuple[int, str, int]]:
-    """(group, private creator upper-case, element low byte) triples of Table E.3.10-1."""
-    out = set()
-    for r in _read_csv(TABLE_SAFE_PRIVATE):
-        m = re.match(r"^\(([0-9A-Fa-f]{4}),xx([0-9A-Fa-f]{2})\)$", r["Data Element"].strip())
-        if m:
-            out.add((int(m.group(1), 16), r["Private Creator"].strip().upper(), int(m.group(2), 16)))
-    return frozenset(out)
-
-
-@lru_cache(maxsize=1)
 def safe_private_vrs() -> dict[tuple[int, str, int], str]:
     """(group, private creator exactly as in the table, element low byte) -> the table's VR
     ("" when it gives none; "OW/OB" when either) of Table E.3.10-1."""

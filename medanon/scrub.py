@@ -46,7 +46,7 @@ from pydicom.sequence import Sequence
 
 from . import __version__
 from .keys import Pseudonymizer, shift_date, shift_datetime
-from .profile import CID7050, ActionTable, Profile, csc_codes, resolve, safe_private, safe_private_vrs
+from .profile import CID7050, ActionTable, Profile, csc_codes, resolve, safe_private_vrs
 from .textscrub import KnownIdentifiers, clean_text, known_tokens, mentions_known
 
 try:  # registered UIDs (transfer syntaxes, SOP classes, ...) are not identifying
@@ -151,7 +151,6 @@ class Scrubber:
         self.profile = profile
         self.pseudo = pseudo
         self.table = ActionTable(profile)
-        self.safe_private = safe_private() if profile.retain_safe_private else frozenset()
         self.safe_private_vr = safe_private_vrs() if profile.retain_safe_private else {}
         self.csc = csc_codes() if profile.clean_structured_content else {}
         self._text_cache: dict = {}
@@ -301,28 +300,24 @@ class Scrubber:
             ds[tag].value = self.pseudo.study_code(ctx.study_uid) if value else ""
         ctx.replaced += 1
 
-    def _keep_private(self, ds: Dataset, tag) -> bool:
-        if not self.safe_private:
-            return False
+    def _safe_private_key(self, ds: Dataset, tag) -> tuple[int, str, int] | None:
+        """(group, private creator, element byte) of a private element, as Table E.3.10-1 keys it."""
         group, elem = tag >> 16, tag & 0xFFFF
-        creator_tag = (group << 16) | (elem >> 8)
-        creator = ds.get(creator_tag)
+        creator = ds.get((group << 16) | (elem >> 8))
         if creator is None or elem < 0x1000:
-            return False
+            return None
         value = creator.value
         if isinstance(value, bytes):
             value = value.decode("ascii", "replace")
         # exact match: DICOM pads with trailing spaces (and UI-style NULs), case is significant
-        name = str(value or "").rstrip(" \x00")
-        return (group, name, elem & 0xFF) in self.safe_private_vr
+        return group, str(value or "").rstrip(" \x00"), elem & 0xFF
+
+    def _keep_private(self, ds: Dataset, tag) -> bool:
+        return bool(self.safe_private_vr) and self._safe_private_key(ds, tag) in self.safe_private_vr
 
     def _scrub_kept(self, ds: Dataset, tag, ctx: ScrubContext, mode: str) -> bool:
         """Scrub a safe private element; False when it cannot be kept (it is then removed)."""
-        group, el = tag >> 16, tag & 0xFFFF
-        creator = ds[(group << 16) | (el >> 8)].value
-        if isinstance(creator, bytes):
-            creator = creator.decode("ascii", "replace")
-        table_vr = self.safe_private_vr.get((group, str(creator or "").rstrip(" \x00"), el & 0xFF), "")
+        table_vr = self.safe_private_vr.get(self._safe_private_key(ds, tag), "")
         stored = _stored_vr(ds, tag)  # as written (explicit VR), before pydicom gives a UN one a VR
         elem = ds[tag]
         vr = elem.VR
@@ -673,10 +668,10 @@ _AGE_DAYS = {"D": 1, "W": 7, "M": 30, "Y": 365}
 def _cap_age(age) -> str:
     """Ages over 89 years are aggregated to 090Y (HIPAA Safe Harbor); a value that is not an age
     is emptied. Each value of a multi-valued element is capped."""
-    if isinstance(age, (list, tuple)) or hasattr(age, "__iter__") and not isinstance(age, (str, bytes)):
-        values = [str(v) for v in age]
-    else:
+    if age is None or isinstance(age, (str, bytes)):
         values = str(age or "").split("\\")
+    else:
+        values = [str(v) for v in age]  # pydicom's MultiValue
     if not any(v.strip() for v in values):
         return str(age or "") if isinstance(age, str) else ""
     out = []
