@@ -85,9 +85,7 @@ def _with_other_series(ctx: tuple, source, others: str | None) -> tuple:
             raise
         except Exception:  # noqa: BLE001
             continue
-        more = known_identifiers(ds)
-        more.replacements = {}  # pseudonyms stay the anchor's (one patient, one study)
-        known = known.merged(more)
+        known = known.merged(known_identifiers(ds))  # no pseudo: the anchor's pseudonyms stay
     return known, shift, info
 
 
