@@ -451,10 +451,10 @@ class StateStore:
         instance of each other series of the study."""
         return self._paged(
             "SELECT f.id, f.relpath, f.out_relpath, d.relpath, f.size, f.token, d.token, "
-            "(SELECT json_group_array(json_array(o.relpath, o.token)) FROM (SELECT MIN(s.id) AS oid FROM files s "
-            " WHERE s.study_uid=d.study_uid AND s.source=d.source AND s.kind='dicom' "
+            "(SELECT json_group_array(json_array(o.relpath, o.token)) FROM files o WHERE o.id IN (SELECT MIN(s.id) "
+            " FROM files s WHERE s.study_uid=d.study_uid AND s.source=d.source AND s.kind='dicom' "
             " AND s.series_uid IS NOT d.series_uid GROUP BY s.series_uid ORDER BY s.series_uid "
-            f" LIMIT {self.OTHER_SERIES_READ}) x JOIN files o ON o.id=x.oid) "
+            f" LIMIT {self.OTHER_SERIES_READ})) "  # by id, through the study's index: no scan per report
             "FROM files f JOIN reports r "
             "ON r.file_id=f.id JOIN files d ON d.id=r.dicom_id WHERE f.source=? AND f.kind='report' "
             "AND f.status='paired' AND f.id>? ORDER BY f.id LIMIT ?", (source,), batch_size)
