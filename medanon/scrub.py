@@ -95,6 +95,12 @@ META_KEPT_TAGS = frozenset((0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00
 # Standard attributes Table E.1-1 does not list that are removed all the same: Patient's Birth
 # Date, Death Date in Alternative Calendar, Patient's Alternative Calendar, Filename in Container
 UNLISTED_REMOVED_TAGS = frozenset((0x00100033, 0x00100034, 0x00100035, 0x0008040B))
+# The coded parts of a Code Sequence Macro item (PS3.3 Table 8.8-1) and of a Coding Scheme
+# Identification item: codes, versions, a scheme's name and owner, never about a patient. Kept
+# unless they hold a known ID or a known person's name (two of its words), since a code may
+# equal one word of a name (designator TEST, patient Test^S R).
+CODE_ITEM_TAGS = frozenset((0x00080100, 0x00080102, 0x00080103, 0x00080119, 0x00080122, 0x00080115,
+                            0x00080116))
 NUMERIC_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"}
 BYTES_VRS = {"OB", "OW", "OD", "OF", "OL", "OV", "UN"}
 
@@ -386,7 +392,7 @@ class Scrubber:
             elem.value = TEXT_DUMMY
             ctx.replaced += 1
         elif vr in TEXT_VRS and elem.value:
-            self._clean_unlisted_text(elem, vr, ctx)
+            self._clean_unlisted_text(elem, vr, ctx, tag)
 
     def _unlisted_temporal(self, ds: Dataset, tag, vr: str, ctx: ScrubContext) -> None:
         """A date or time the table does not list is treated as the profile treats listed ones:
@@ -525,21 +531,32 @@ class Scrubber:
             del ds[tag]
         # numbers and codes are not free text: kept
 
-    def _clean_unlisted_text(self, elem: DataElement, vr: str, ctx: ScrubContext) -> None:
+    def _clean_unlisted_text(self, elem: DataElement, vr: str, ctx: ScrubContext, tag: int) -> None:
         """Free text the table does not list. Long text (comments, a Text Value: LT, ST, UT, UC) is
         cleaned like a description. A short string (LO, SH: a Code Meaning, a code, a version) is
         cleaned only when it names a known identifier, since the PHI patterns would take codes
-        and version numbers for IDs and addresses; a value that still names one is replaced."""
+        and version numbers for IDs and addresses; a value that still names one is replaced.
+        A name word under 3 letters counts there only standing alone (``OB`` is not named by
+        ``OB_GENERAL``). The coded parts of a code item (CODE_ITEM_TAGS) are kept unless they
+        hold a known ID or a known person's name, and are then replaced whole."""
         values = [str(v) for v in elem.value] if elem.VM > 1 else [str(elem.value)]
-        if vr not in LONG_TEXT_VRS and not any(self._mentions_known(v, ctx) for v in values):
+        if tag in CODE_ITEM_TAGS:
+            if any(self._mentions_known(v, ctx, "code") for v in values):
+                elem.value = [TEXT_DUMMY] * len(values) if elem.VM > 1 else TEXT_DUMMY
+                ctx.replaced += 1
+            return
+        mode = "long" if vr in LONG_TEXT_VRS else "short"
+        if mode == "short" and not any(self._mentions_known(v, ctx, mode) for v in values):
             return
         cleaned = [self._clean_text(v, ctx) for v in values]
-        cleaned = [TEXT_DUMMY if self._mentions_known(v, ctx) else v for v in cleaned]
+        cleaned = [TEXT_DUMMY if self._mentions_known(v, ctx, mode) else v for v in cleaned]
         if cleaned != values:
             elem.value = cleaned if elem.VM > 1 else cleaned[0]
             ctx.replaced += 1
 
-    def _mentions_known(self, text: str, ctx: ScrubContext) -> bool:
+    _MENTION_MODES = {"long": {}, "short": {"short_glued": False}, "code": {"name_words": 2, "short_glued": False}}
+
+    def _mentions_known(self, text: str, ctx: ScrubContext, mode: str = "long") -> bool:
         """Does ``text`` name one of the instance's known identifiers (memoised per known set)."""
         if not text.strip():
             return False
@@ -549,12 +566,12 @@ class Scrubber:
             if len(self._tokens_cache) >= 1000:
                 self._tokens_cache.clear()
             tokens = self._tokens_cache[known_key] = known_tokens(ctx.known)
-        key = (text, known_key)
+        key = (text, known_key, mode)
         hit = self._mentions_cache.get(key)
         if hit is None:
             if len(self._mentions_cache) >= 20_000:
                 self._mentions_cache.clear()
-            hit = self._mentions_cache[key] = mentions_known(text, ctx.known, tokens)
+            hit = self._mentions_cache[key] = mentions_known(text, ctx.known, tokens, **self._MENTION_MODES[mode])
         return hit
 
     def _clean_text_value(self, elem: DataElement, ctx: ScrubContext):

@@ -1581,15 +1581,26 @@ def known_tokens(known: KnownIdentifiers | None) -> tuple[frozenset[str], frozen
 
 
 def mentions_known(text: str, known: KnownIdentifiers | None,
-                   tokens: tuple[frozenset[str], frozenset[str]] | None = None) -> bool:
-    """True when ``text`` holds a word equal to a known name part, or a known id."""
+                   tokens: tuple[frozenset[str], frozenset[str]] | None = None, *,
+                   name_words: int = 1, short_glued: bool = True) -> bool:
+    """True when ``text`` holds a word equal to a known name part, or a known id.
+
+    ``name_words``: how many different known name words it takes (2: a person's name, not one
+    word of it that a code may equal, such as ``TEST``). ``short_glued=False``: a name word of
+    fewer than 3 letters counts only standing alone, not glued into a code (``OB`` in
+    ``OB_GENERAL`` or ``OB-GEN``)."""
     if not text:
         return False
     names, ids = tokens if tokens is not None else known_tokens(known)
     text = strip_invisible(text)
+    hits: set[str] = set()
     for m in _TOKEN_RE.finditer(text):
         n = _norm(m.group())
-        if n in names or any(p in names for p in _pieces(n)):
+        found = [n] if n in names else [p for p in _pieces(n) if p in names]
+        if not short_glued:
+            found = [p for p in found if len(p) >= 3 or (p == n and not _glued(text, m.start(), m.end()))]
+        hits.update(found)
+        if len(hits) >= name_words:
             return True
     if ids:
         whole = _alnum(text).lstrip("0")
@@ -1603,6 +1614,13 @@ def mentions_known(text: str, known: KnownIdentifiers | None,
             if any(i in _alnum(m.group()) for i in ids if len(i) >= 5):
                 return True
     return False
+
+
+def _glued(text: str, start: int, end: int) -> bool:
+    """Is text[start:end] joined to a digit, an underscore or a dot (part of a code)?"""
+    before = text[start - 1] if start else " "
+    after = text[end] if end < len(text) else " "
+    return any(c.isdigit() or c in "_." for c in (before, after))
 
 
 def replacement_lookup(known: KnownIdentifiers | None) -> Callable[[str], str | None]:

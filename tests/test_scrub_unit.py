@@ -508,3 +508,30 @@ def test_free_text_the_table_does_not_list_is_cleaned_and_codes_are_kept(profile
     assert (kept.CodeValue, kept.CodeMeaning) == ("113040", "Lossy Compression")
     assert out.AnatomicRegionSequence[0].CodeValue == "T-D0050"
     assert list(out.SoftwareVersions) == ["2.6.3", "2.6.3.6"]
+
+
+def test_a_code_that_equals_a_short_or_single_name_word_is_kept():
+    """A known name word counts in a short unlisted string only where it names someone: not
+    glued into a code (Processing Function OB_GENERAL, patient OB^^^^), and not one word alone
+    in the coded part of a code item (designator TEST, patient Test^S R). Standing alone, or
+    in a Code Meaning, it is still cleaned; a known ID in a code is still replaced."""
+    ob = pydicom.dcmread(get_testdata_file("OBXXXX1A.dcm"))
+    assert str(ob.PatientName) == "OB^^^^" and ob.ProcessingFunction == "OB_GENERAL"
+    for data in _outputs(open(get_testdata_file("OBXXXX1A.dcm"), "rb").read(), PROFILES["research"]):
+        assert pydicom.dcmread(io.BytesIO(data)).ProcessingFunction == "OB_GENERAL"
+    ob.ProcessingFunction = "OB GENERAL"
+    assert "OB " not in _roundtrip(ob)[0].ProcessingFunction
+
+    path = get_testdata_file("test-SR.dcm")
+    sr = pydicom.dcmread(path)
+    assert str(sr.PatientName) == "Test^S R" and sr.ConceptNameCodeSequence[0].CodingSchemeDesignator == "TEST"
+    for data in _outputs(open(path, "rb").read(), PROFILES["research"]):
+        code = pydicom.dcmread(io.BytesIO(data)).ConceptNameCodeSequence[0]
+        assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == ("1111", "TEST", "Diagnosis")
+    sr.PatientID, sr.PatientName = "MRN7733421", "Test^Sarah"
+    sr.ConceptNameCodeSequence[0].CodeMeaning = "Test review"
+    sr.ConceptNameCodeSequence[0].CodeValue = "MRN7733421-1"
+    sr.ConceptNameCodeSequence[0].CodingSchemeVersion = "SARAH TEST"
+    out = _roundtrip(sr)[0].ConceptNameCodeSequence[0]
+    assert "Test" not in out.CodeMeaning and "7733421" not in out.CodeValue
+    assert out.CodingSchemeVersion == "ANONYMIZED" and out.CodingSchemeDesignator == "TEST"
