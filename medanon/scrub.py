@@ -358,9 +358,12 @@ class Scrubber:
             ctx.removed += 1
             return
         stored = _stored_vr(ds, tag)
+        if stored == "UN" and _from_un(ds, tag) is not None:
+            stored = ds[tag].VR  # given its dictionary VR (a UN sequence's items are then walked)
         if stored is not None and not vr_allowed(tag, stored):
-            # a VR the dictionary does not give this tag (UN, a wrong or invalid VR): its value
-            # cannot be trusted to be what the tag holds (a UN sequence hides its items): removed
+            # a VR the dictionary does not give this tag (a wrong or invalid VR, a UN value that
+            # cannot be read as its dictionary VR): its value cannot be trusted to be what the
+            # tag holds: removed
             del ds[tag]
             ctx.removed += 1
             return
@@ -420,15 +423,16 @@ class Scrubber:
             ctx.removed += 1
             return
         stored = _stored_vr(ds, tag)
+        if stored == "UN" and _from_un(ds, tag) is None:
+            del ds[tag]  # never copied as read: a UN value hides its real content (a sequence's items)
+            ctx.removed += 1
+            return
         if stored is not None and stored != "UN" and not vr_allowed(tag, stored):
             del ds[tag]  # a wrong or invalid VR: its value is not what the table's action expects
             ctx.removed += 1
             return
         if action == "K" and tag != PATIENT_AGE and _raw_vr(ds, tag) != "SQ":
-            if stored == "UN" and not vr_allowed(tag, "UN"):
-                del ds[tag]  # never copied as read: a UN value hides its real content (a sequence's items)
-                ctx.removed += 1
-            return  # kept as read, never converted
+            return  # kept as read (a UN one given its dictionary VR above, and written with it)
         elem = ds[tag]
         vr = elem.VR
         if not vr_allowed(tag, vr):  # a UN value pydicom could not give its dictionary VR
@@ -665,6 +669,30 @@ def _stored_vr(ds: Dataset, tag) -> str | None:
     """The VR an element was written with in an explicit VR file (or its VR once converted);
     None for an implicit VR element not yet converted."""
     return getattr(ds.get_item(tag), "VR", None) or None
+
+
+# Characters no text value holds (C0 controls but TAB, LF, FF, CR and ESC): bytes of another
+# encoding, such as a sequence's, read as text
+_NOT_TEXT = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")
+
+
+def _from_un(ds: Dataset, tag) -> DataElement | None:
+    """A public element written with VR UN, given its dictionary VR (pydicom does so when the
+    element is read; a sequence's items are parsed as implicit VR). None when it cannot be:
+    its value does not decode or has the wrong length, it is 64 KiB or more (pydicom leaves it
+    UN), or a text value holds control characters (other bytes read as text)."""
+    try:
+        elem = ds[tag]
+    except Exception:  # noqa: BLE001 - a value that does not decode as its dictionary VR
+        return None
+    vr = elem.VR
+    if not vr_allowed(tag, vr) or (vr == "UN" and not vr_allowed(tag, "UN")):
+        return None
+    if vr in TEXT_VRS or vr in ("PN", "CS", "UI", "DA", "DT", "TM", "AS", "AE", "DS", "IS", "UR"):
+        values = elem.value if elem.VM > 1 else [elem.value]
+        if any(_NOT_TEXT.search(str(v).rstrip("\x00 ")) for v in values if v is not None):
+            return None
+    return elem
 
 
 def _raw_vr(ds: Dataset, tag) -> str | None:

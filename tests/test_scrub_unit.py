@@ -303,8 +303,9 @@ def _mr_with(*elements) -> Dataset:
 
 @pytest.mark.parametrize("profile", ["research", "basic"])
 def test_un_encoded_and_wrongly_typed_elements_are_not_copied(profile):
-    """A standard sequence stored with VR UN (unlisted, or K in the table), nested or not, an
-    unlisted PN stored as LO and an element with an invalid VR are removed, never copied raw."""
+    """A standard sequence stored with VR UN (unlisted, or K in the table), nested or not, is
+    read as the sequence it is and its items scrubbed, never copied raw; an unlisted PN stored
+    as LO and an element with an invalid VR are removed."""
     inner = (_implicit_elem(0x0020000E, (PHI_SERIES_UID + "\x00").encode())
              + _implicit_elem(0x00100010, b"Qxzwv^Brenda") + _implicit_elem(0x00100020, b"MRN7733421")
              + _implicit_elem(0x00080080, b"St Ophelia General Hospital "))
@@ -317,14 +318,27 @@ def test_un_encoded_and_wrongly_typed_elements_are_not_copied(profile):
                   DataElement(0x00102161, "OB", _implicit_item(inner2)),  # Ethnic Group Code Sequence (K)
                   DataElement(0x00140104, "LO", "Reviewerqz^Agnes"),  # an unlisted PN, stored as LO
                   DataElement(0x00082228, "LO", "ZZVR Wxqpl^Dora"),  # (invalid VR ZZ below)
-                  DataElement(0x00081140, "SQ", Sequence([ri])))
+                  DataElement(0x00081140, "SQ", Sequence([ri])),
+                  # Processing Function (LO, unlisted) written as UN, holding an item's bytes
+                  DataElement(0x00185020, "OB", _implicit_item(_implicit_elem(0x00100010, b"Hiddenqz^Olga "))))
+    ds.PatientName = "Qxzwv^Brenda"  # known: the Code Meaning that names it is cleaned
     raw = _explicit_bytes(ds, [(0x00081115, "OB", "UN"), (0x00102161, "OB", "UN"), (0x00082218, "OB", "UN"),
-                               (0x00082228, "LO", "ZZ")])
+                               (0x00082228, "LO", "ZZ"), (0x00185020, "OB", "UN")])
     outs = _outputs(raw, PROFILES[profile])
     _assert_absent(outs, ["Qxzwv", "MRN7733421", "Ophelia", "OTHERMRN991", "Reviewerqz", "Nestedqz", "Wxqpl",
-                          PHI_SERIES_UID])
-    # ordinary elements of the same file are still kept
-    assert all(pydicom.dcmread(io.BytesIO(d)).Rows == ds.Rows for d in outs)
+                          "Hiddenqz", PHI_SERIES_UID])
+    for data in outs:
+        out = pydicom.dcmread(io.BytesIO(data))
+        assert out.Rows == ds.Rows  # ordinary elements of the same file are still kept
+        # the UN sequences are kept as sequences (written as SQ), their identifiers replaced
+        series = out.ReferencedSeriesSequence[0]
+        assert series.SeriesInstanceUID.startswith("2.25.") and series.PatientName != "Qxzwv^Brenda"
+        assert len(out.ReferencedImageSequence[0].AnatomicRegionSequence) == 1
+        if profile == "research":  # Ethnic Group Code Sequence: K there, X in the basic profile
+            assert "[NAME]" in out.EthnicGroupCodeSequence[0].CodeMeaning
+        assert not [e.tag for e in out.iterall() if e.VR == "UN"]
+        assert 0x00140104 not in out and 0x00082228 not in out  # wrong VR, invalid VR
+        assert 0x00185020 not in out  # its bytes are not text: not read as the LO it should be
 
 
 def test_a_clean_descriptor_stored_with_a_non_text_vr_is_not_kept():
@@ -508,6 +522,30 @@ def test_free_text_the_table_does_not_list_is_cleaned_and_codes_are_kept(profile
     assert (kept.CodeValue, kept.CodeMeaning) == ("113040", "Lossy Compression")
     assert out.AnatomicRegionSequence[0].CodeValue == "T-D0050"
     assert list(out.SoftwareVersions) == ["2.6.3", "2.6.3.6"]
+
+
+@pytest.mark.parametrize("name", ["explicit_VR-UN.dcm", "rtdose_rle_1frame.dcm"])
+def test_public_elements_written_as_un_are_kept_with_their_dictionary_vr(name):
+    """Older toolkits write attributes they do not know with VR UN. Those the profile keeps
+    (SOP Class UID, Pixel Spacing, rescale and dose scaling, a referenced plan) are kept with
+    their dictionary VR, scrubbed as if written with it, so the instance stays usable."""
+    path = get_testdata_file(name)
+    raw = open(path, "rb").read()
+    src = pydicom.dcmread(path)
+    un = [int(t) for t, e in src._dict.items() if getattr(e, "VR", None) == "UN" and not (int(t) >> 16) & 1]
+    assert 0x00080016 in un and 0x00280030 in un  # the source really has them as UN
+    keep = [t for t in (0x00080016, 0x00280030, 0x00281052, 0x00281053, 0x3004000E, 0x3004000C, 0x00280009)
+            if t in src]
+    for data in _outputs(raw, PROFILES["research"]):
+        out = pydicom.dcmread(io.BytesIO(data))
+        for tag in keep:
+            assert tag in out and out[tag].value == src[tag].value, hex(tag)
+            assert out[tag].VR != "UN"
+        assert out.file_meta.MediaStorageSOPClassUID == out.SOPClassUID
+        assert out.PixelData == src.PixelData
+        if "ReferencedRTPlanSequence" in src:  # a UN sequence: read as one, its UIDs replaced
+            ref = out.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID
+            assert ref.startswith("2.25.") and ref != src.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID
 
 
 def test_a_code_that_equals_a_short_or_single_name_word_is_kept():
