@@ -169,13 +169,18 @@ _DT_ONE = re.compile(f"({_DT})")
 _DT_RANGE = re.compile(f"({_DT})?-({_DT})?")
 
 
+_UTC_OFFSET = re.compile(r"[+-]\d{4}$")
+
+
 def _shift_one(v: str, days: int) -> str | None:
-    """One DA or DT value with its date shifted (the time and offset kept); None if not one."""
+    """One DA or DT value with its date shifted and the time kept; None if not one. A DT's
+    UTC offset (&ZZXX) is dropped: it tells where the exam took place, and Timezone Offset From
+    UTC, which a DT without one refers to, is cleaned to +0000 under Modified Dates."""
     try:
         d = date(int(v[:4]), int(v[4:6]), int(v[6:8])) + timedelta(days=days)
     except ValueError:
         return None
-    return d.strftime("%Y%m%d") + v[8:]
+    return d.strftime("%Y%m%d") + _UTC_OFFSET.sub("", v[8:])
 
 
 def _shift_value(value: str, days: int) -> str:

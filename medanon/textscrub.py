@@ -574,8 +574,8 @@ def shift_da(value: str, days: int) -> str:
     """Shift a DICOM DA ("YYYYMMDD") or DT ("YYYYMMDDhhmmss.ffffff&ZZXX") by ``days``.
 
     Uses the same arithmetic as :func:`clean_text` (``datetime.date + timedelta``), so a
-    date written in a report and the same date in a header end up equal.  The time,
-    fraction and offset of a DT are kept.  Legacy "YYYY.MM.DD" keeps its dots.  A
+    date written in a report and the same date in a header end up equal.  The time and
+    fraction of a DT are kept, its UTC offset dropped (as in the DICOM).  Legacy "YYYY.MM.DD" keeps its dots.  A
     year-only DT ("YYYY") is returned unchanged; an empty or unparseable value -> "".
     """
     v = (value or "").strip()

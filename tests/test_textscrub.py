@@ -168,7 +168,7 @@ def test_birth_date_any_format_and_placeholder_without_shift():
 def test_shift_da():
     assert shift_da("20210301", -1) == "20210228"
     assert shift_da("20200228", 1) == "20200229"
-    assert shift_da("20211231235959.123456+0100", 1) == "20220101235959.123456+0100"
+    assert shift_da("20211231235959.123456+0100", 1) == "20220101235959.123456"  # offset dropped
     assert shift_da("2021.03.01", 1) == "2021.03.02"
     assert shift_da("2021", 10) == "2021"
     assert shift_da("", 3) == ""
