@@ -76,7 +76,9 @@ def worker_config(req: RunRequest, state_dir: str, target: str, cache_scope: str
     target, target_opts, block_budget = resolve_location(target, req.target_block, "target", req.s3_options())
     byte_budget = req.byte_budget if req.byte_budget is not None else block_budget
     return WorkerConfig(source=source, target=target, profile=get_profile(req.profile), key=key,
-                        layout=req.layout, allow_burned_in=req.allow_burned_in, byte_budget=byte_budget, sync=req.sync,
+                        layout=req.layout, allow_burned_in=req.allow_burned_in,
+                        allow_recognizable_features=req.allow_recognizable_features, byte_budget=byte_budget,
+                        sync=req.sync,
                         source_options=source_opts, target_options=target_opts,
                         cache_scope=cache_scope)
 

@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--key-block", help="name of a Prefect Secret block holding the key")
         sp.add_argument("--allow-burned-in", action="store_true",
                         help="export instances that may carry burned-in text (quarantined by default)")
+        sp.add_argument("--allow-recognizable-features", action="store_true",
+                        help="export instances whose Recognizable Visual Features is YES (quarantined by default)")
         sp.add_argument("--label", default="run", help="a PHI-free name for this run (shown in Prefect)")
         sp.add_argument("--batch-size", type=int, default=None,
                         help="instances per scrub task (default: 500 in threads, 1 250 in worker processes or on "
@@ -128,7 +130,8 @@ def _request(args, source: str, target: str, state_dir: str):
     try:
         return RunRequest(
             source=source, target=target, layout=args.layout, profile=args.profile, label=args.label,
-            state_dir=state_dir, allow_burned_in=args.allow_burned_in, batch_size=args.batch_size,
+            state_dir=state_dir, allow_burned_in=args.allow_burned_in,
+            allow_recognizable_features=args.allow_recognizable_features, batch_size=args.batch_size,
             key_file=args.key_file, key_block=args.key_block, byte_budget=args.byte_budget, workers=args.workers,
             sync=args.sync,
             dask_address=args.dask_address, s3_endpoint_url=args.endpoint_url, s3_region=args.region,

@@ -30,6 +30,8 @@ REASONS = {
     "encapsulated-document": "encapsulated document (PDF/CDA) whose content cannot be scrubbed reliably",
     "structured-report": "structured report needs the Clean Structured Content option",
     "burned-in-annotation": "pixel data may carry burned-in text (use --allow-burned-in to export)",
+    "recognizable-visual-features": "pixel data shows recognizable features such as a face "
+                                    "(use --allow-recognizable-features to export)",
     "read-error": "file could not be read",
     "changed": "file changed after it was listed; the next run reads its new version",
     "scrub-error": "de-identification failed for this instance",
@@ -236,7 +238,8 @@ def inspect_entry(source: Source, entry: SourceEntry, report_sniffer=None, memo:
 
 # What classify reads (and the character set its names are decoded with)
 INSPECT_TAGS = frozenset((0x00080005, 0x00080016, 0x00080018, 0x00080020, 0x00080050, 0x00080060, 0x00041220,
-                          0x0020000D, 0x0020000E, 0x00100010, 0x00100020, 0x00100021, 0x00100030, 0x00280301))
+                          0x0020000D, 0x0020000E, 0x00100010, 0x00100020, 0x00100021, 0x00100030, 0x00280301,
+                          0x00280302))
 SPLIT_HEAD = 256 * 1024  # the longest header split here
 FIRST_HEAD = 16 * 1024  # read first: most headers (a CT's is about 2 KB) end before it
 SOP_INSTANCE_UID = 0x00080018
@@ -314,6 +317,7 @@ def classify(ds, base: dict, size: int, end: int, has_pixels: bool | None = None
             study_date=str(ds.get("StudyDate", "") or ""),
             header={
                 "burned_in": burned_in_flag(ds.get("BurnedInAnnotation", "")),
+                "recognizable": burned_in_flag(ds.get("RecognizableVisualFeatures", "")),
                 "has_pixels": has_pixels if has_pixels is not None else (
                     0x7FE00010 in ds._dict or 0x7FE00008 in ds._dict or 0x7FE00009 in ds._dict),
             },
@@ -346,7 +350,8 @@ def needs_burned_in_guard(item: Inspected) -> bool:
             or item.sop_class.startswith(BURNED_IN_CLASS_PREFIXES))
 
 
-def policy_reason(item: Inspected, clean_structured_content: bool, allow_burned_in: bool) -> str:
+def policy_reason(item: Inspected, clean_structured_content: bool, allow_burned_in: bool,
+                  allow_recognizable: bool = False) -> str:
     """A quarantine reason for an instance this run must not export, or ''."""
     if item.sop_class in ENCAPSULATED_DOC:
         return "encapsulated-document"
@@ -354,4 +359,13 @@ def policy_reason(item: Inspected, clean_structured_content: bool, allow_burned_
         return "structured-report"
     if not allow_burned_in and needs_burned_in_guard(item):
         return "burned-in-annotation"
+    if not allow_recognizable and needs_recognizable_guard(item):
+        return "recognizable-visual-features"
     return ""
+
+
+def needs_recognizable_guard(item: Inspected) -> bool:
+    """Recognizable Visual Features (0028,0302) says the pixels could identify the patient (a face,
+    a photo); this version has no Clean Recognizable Visual Features option. Only a plain NO, or
+    no value, clears an instance (as for Burned In Annotation)."""
+    return bool(item.header.get("has_pixels")) and burned_in_flag(item.header.get("recognizable", "")) == "YES"

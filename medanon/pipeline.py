@@ -41,6 +41,7 @@ class WorkerConfig(BaseModel):
     key: SecretBytes
     layout: Layout = "study"
     allow_burned_in: bool = False
+    allow_recognizable_features: bool = False
     byte_budget: int | None = None
     sync: bool = True  # flush each batch to disk before the ledger records it
     # the state store's identity: a cached batch result only stands in for a write recorded by
@@ -85,6 +86,8 @@ class WorkerConfig(BaseModel):
         """Everything besides the batch content that changes the output (PHI-free)."""
         parts = [__version__, self.profile.identity(), self.pseudonymizer().fingerprint(), self.layout,
                  self.target, str(self.allow_burned_in), self.cache_scope]
+        if self.allow_recognizable_features:  # appended only when set: existing cache keys stand
+            parts.append("recognizable")
         if self.target.startswith("s3://"):  # the same bucket name on another endpoint is another target
             parts.append(str(self.target_options.get("endpoint_url") or ""))
         return "|".join(parts)

@@ -16,7 +16,7 @@ from .pipeline import WorkerConfig, remap_rows
 from .state import REREAD_REASONS, StateStore
 
 # re-evaluated every run: export policy, and failures that may have been transient
-POLICY_REASONS = ("burned-in-annotation", "structured-report", "encapsulated-document", "duplicate-instance",
+POLICY_REASONS = ("burned-in-annotation", "recognizable-visual-features", "structured-report", "encapsulated-document", "duplicate-instance",
                   "write-error") + REREAD_REASONS
 
 
@@ -35,7 +35,8 @@ def remap_pending(cfg: WorkerConfig, store: StateStore, run_id: str, batch_size:
         for r in rows:
             item = Inspected(relpath="", size=0, token="", kind="dicom", sop_class=r["sop_class"] or "",
                              modality=r["modality"] or "", header=json.loads(r["header"] or "{}"))
-            reason = policy_reason(item, cfg.profile.clean_structured_content, cfg.allow_burned_in)
+            reason = policy_reason(item, cfg.profile.clean_structured_content, cfg.allow_burned_in,
+                                   cfg.allow_recognizable_features)
             if reason:
                 held.append((r["id"], reason))
             else:

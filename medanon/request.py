@@ -19,6 +19,8 @@ class RunRequest(BaseModel):
     label: str = Field("run", description="PHI-free name shown in flow run names", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
     state_dir: str | None = Field(None, description="Local state store (PHI, never exported)")
     allow_burned_in: bool = Field(False, description="Export instances that may carry burned-in text")
+    allow_recognizable_features: bool = Field(
+        False, description="Export instances whose Recognizable Visual Features is YES (a face, a photo)")
     batch_size: int | None = Field(None, ge=1, le=100_000,
                                    description="Instances per scrub task; empty: automatic (500 in threads, 1 250 in "
                                                "worker processes or on Dask, where a task run costs about 0.1 s; "

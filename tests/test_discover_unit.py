@@ -48,3 +48,28 @@ def test_the_burned_in_guard_reads_the_attribute_as_written(tmp_path, name, kwar
     assert item.kind == "dicom"
     assert policy_reason(item, False, False) == reason
     assert policy_reason(item, False, True) == ""  # --allow-burned-in
+
+
+@pytest.mark.parametrize("value,reason", [
+    ("YES", "recognizable-visual-features"),
+    (" YES", "recognizable-visual-features"),
+    (["NO", "YES"], "recognizable-visual-features"),
+    ("NO", ""),
+    (None, ""),
+])
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_implicit.dcm"])  # a full header read, a split one
+def test_recognizable_visual_features_are_quarantined_unless_allowed(tmp_path, value, reason, name):
+    """This version has no Clean Recognizable Visual Features option: an instance that says its
+    pixels show a face (0028,0302 = YES) is held, whatever its modality, unless the run allows it."""
+    ds = pydicom.dcmread(get_testdata_file(name))
+    ds.BurnedInAnnotation = "NO"
+    if value is not None:
+        ds.add_new(0x00280302, "CS", value)
+    ds.save_as(tmp_path / "face.dcm")
+    source = LocalSource(tmp_path)
+    (entry,) = list(source.iter_entries())
+    item = inspect_entry(source, entry)
+    assert item.kind == "dicom"
+    assert policy_reason(item, False, False) == reason
+    assert policy_reason(item, False, True) == reason  # --allow-burned-in is another switch
+    assert policy_reason(item, False, False, True) == ""  # --allow-recognizable-features

@@ -174,3 +174,27 @@ def test_allow_burned_in_exports_guarded_instances(archive, tmp_path, cli_env):
     assert second["exported"] == held
     assert "burned-in-annotation" not in second["quarantined"]
 
+
+
+def test_recognizable_visual_features_are_held_until_allowed(tmp_path, cli_env):
+    """An instance whose Recognizable Visual Features is YES is quarantined with its reason; a
+    later run with --allow-recognizable-features exports it (and only it)."""
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, face in enumerate(("NO", "YES", None)):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(i)])
+        ds.BurnedInAnnotation = "NO"
+        if face:
+            ds.add_new(0x00280302, "CS", face)
+        ds.save_as(src / f"ct{i}.dcm")
+    state, out = str(tmp_path / "state"), str(tmp_path / "out")
+    first = run_json(["run", str(src), out, "--state-dir", state], cli_env)
+    assert first["exported"] == 2 and first["quarantined"] == {"recognizable-visual-features": 1}
+    second = run_json(["run", str(src), out, "--state-dir", state, "--allow-recognizable-features"], cli_env)
+    assert second["exported"] == 1 and not second["quarantined"]
+    faces = [pydicom.dcmread(p) for p in Path(out).rglob("*.dcm")]
+    assert sorted(str(d.get("RecognizableVisualFeatures", "")) for d in faces) == ["", "NO", "YES"]
