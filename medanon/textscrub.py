@@ -1337,6 +1337,22 @@ def _add_with_continuation(ctx: _Ctx, r: tuple[int, int], allow_comma: bool = Fa
         r = r2
 
 
+_LONE_WORD_LINE = re.compile(r"[ \t]*\r?\n[ \t]*([^\W\d_][\w'\u2019-]*)\.?[ \t]*(?=\r?\n|$)")
+
+
+def _add_next_line_surname(ctx: _Ctx, r: tuple[int, int]) -> None:
+    """A title and one name at a line's end, then a line of one capitalised word that is not a
+    common word: the name goes on ("Dictated by Dr Harold\nVintnerley")."""
+    if len([t for t in ctx.toks if r[0] <= t.start and t.end <= r[1]]) != 1:
+        return
+    mm = _LONE_WORD_LINE.match(ctx.text, r[1])
+    if not mm:
+        return
+    word = mm.group(1)
+    if word[:1].isupper() and len(word) >= 2 and not _blocked(_norm(word)):
+        ctx.add(mm.start(1), mm.end(1), "NAME")
+
+
 def _detect_names(ctx: _Ctx):
     text, toks = ctx.text, ctx.toks
     first, last = _name_lists()
@@ -1344,13 +1360,18 @@ def _detect_names(ctx: _Ctx):
     for m in _TITLE_RE.finditer(text):
         after = m.end()
         if not re.match(r"[ \t]*\S", text[after:after + 3] or ""):
-            continue
+            # "Dictated by Dr\nSmith": a signature broken after the title
+            nl = re.match(r"[ \t]*\r?\n[ \t]*(?=\S)", text[after:after + 40])
+            if not nl:
+                continue
+            after += nl.end()
         i = ctx.tok_index_at_or_after(after)
         if i is None or text[after:toks[i].start].strip(" \t.") != "":
             continue
         r = _run_forward(ctx, i, allow_comma=False)
         if r:
             _add_with_continuation(ctx, r)
+            _add_next_line_surname(ctx, r)
             title = m.group("t") or ""
             # "Drs. Smith and Jones"
             if title.lower().startswith("drs"):

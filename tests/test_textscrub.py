@@ -269,3 +269,17 @@ def test_a_kana_name_is_found_in_the_other_kana_script():
     known = KnownIdentifiers(person_names=["Yamada^Tarou=山田^太郎=ヤマダ^タロウ"])
     out = clean_text("患者 やまだ たろう さん。", known, None)
     assert "やまだ" not in out and "たろう" not in out, out
+
+
+def test_a_signature_broken_across_lines_after_a_title():
+    """"Dictated by Dr Harold" then "Vintnerley" alone on the next line (a narrow dictation
+    template), and a title at a line's end: the name on the next line goes too. A heading or a
+    common word on the next line stays."""
+    k = KnownIdentifiers()
+    out = clean_text("Impression: normal.\nDictated by Dr Harold\nVintnerley\n", k, None)
+    assert "Harold" not in out and "Vintnerley" not in out and out.startswith("Impression: normal.")
+    out = clean_text("Signed by Dr.\nVintnerley\nImpression: stable", k, None)
+    assert "Vintnerley" not in out and "Impression: stable" in out
+    for after in ("Impression", "Normal.", "Findings"):
+        assert clean_text(f"Seen by Dr Harold\n{after}\n", k, None).endswith(f"\n{after}\n")
+    assert clean_text("Dr Harold Smith\nVintnerley\n", k, None).endswith("\nVintnerley\n")  # a full name ends there
