@@ -1035,6 +1035,50 @@ def _known_institutions(ctx: _Ctx, known: KnownIdentifiers):
         pat = re.compile(r"(?<![\w])" + body + r"(?![\w])", re.I)
         for m in pat.finditer(ctx.text):
             ctx.add(m.start(), m.end(), "INSTITUTION")
+        # the name written another way ("St. Ophelia Gen. Hosp." for St Ophelia General Hospital):
+        # its distinctive words, capitalised, next to a word that says institution
+        for w in _distinctive_institution_words(words):
+            for m in re.finditer(r"(?<![\w])" + re.escape(w) + r"(?![\w])", ctx.text, re.I):
+                if m.group()[:1].isupper() and _near_institution_hint(ctx.text, m.start(), m.end()):
+                    ctx.add(m.start(), m.end(), "INSTITUTION")
+
+
+# Words of an institution's name that name no institution in particular
+_INST_COMMON = _words("""st saint mt mount of and at the de du des la le les der die das und für fur zu am
+institute institut instituto institution centre centrum zentrum hospitals healthcare system systems group
+associates foundation trust nhs clinics college school medicine medical sciences science diagnostic
+diagnostics services service partners network care specialty specialists surgical surgery orthopedic
+orthopaedic rehabilitation rehab children women infirmary sanatorium klinikum krankenhaus klinik kliniken
+hôpital hopital hospitalier clinique universitaire universitätsklinikum universitatsklinikum uniklinik
+campus unit north south east west northern southern eastern western central upper lower greater
+inc llc ltd gmbh co corp corporation pc pa hosp gen univ med ctr""")
+
+
+_INST_HINT_RE = re.compile(
+    r"(?<![\w])(?:st|saint|mt|mount|gen|general|hosp|hospital|hospitals|med|medical|ctr|cntr|center|centre|"
+    r"clinic|clin|inst|institute|univ|university|mem|memorial|reg|regional|health|healthcare|infirmary|"
+    r"klinik|klinikum|krankenhaus|khs|hôpital|hopital|clinique|chu|ospedale|hospice)(?![\w])", re.I)
+
+
+def _near_institution_hint(text: str, start: int, end: int, reach: int = 24) -> bool:
+    """Is there a word such as Hosp., General, St., Clinic within ``reach`` characters, on the
+    same line?"""
+    lo = text.rfind("\n", max(0, start - reach), start) + 1 or max(0, start - reach)
+    hi = text.find("\n", end, end + reach)
+    hi = end + reach if hi < 0 else hi
+    return bool(_INST_HINT_RE.search(text[max(lo, start - reach):start])
+                or _INST_HINT_RE.search(text[end:hi]))
+
+
+def _distinctive_institution_words(words: list[str]) -> list[str]:
+    out = []
+    for w in words:
+        for tm in _TOKEN_RE.finditer(w):
+            n = _norm(tm.group())
+            if (len(n) >= 4 and n not in _INST_GENERIC and n not in _INST_COMMON and n not in NEVER_NAME
+                    and n not in COMMON_WORD_NAMES):
+                out.append(tm.group())
+    return out
 
 
 _CJK_RE = re.compile(r"[\u2E80-\u9FFF\uAC00-\uD7AF\u3040-\u30FF\uF900-\uFAFF]")

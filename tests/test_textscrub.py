@@ -283,3 +283,15 @@ def test_a_signature_broken_across_lines_after_a_title():
     for after in ("Impression", "Normal.", "Findings"):
         assert clean_text(f"Seen by Dr Harold\n{after}\n", k, None).endswith(f"\n{after}\n")
     assert clean_text("Dr Harold Smith\nVintnerley\n", k, None).endswith("\nVintnerley\n")  # a full name ends there
+
+
+def test_a_known_institution_written_another_way():
+    """The institution's name abbreviated or cut ("St. Ophelia Gen. Hosp.", "ST OPHELIA GENERAL")
+    loses its distinctive word where a word such as Hosp., General, St. or Med stands next to it;
+    the word elsewhere, and generic words, are kept."""
+    k = KnownIdentifiers(institutions=["St Ophelia General Hospital"])
+    for text in ("Location: St. Ophelia Gen. Hosp.\n", "ST OPHELIA GENERAL", "prior at Ophelia Med Ctr."):
+        assert "phelia" not in clean_text(text, k, None).lower(), text
+    assert clean_text("Ophelia is mentioned here.", k, None) == "Ophelia is mentioned here."
+    k = KnownIdentifiers(institutions=["Spine Institute of Marbleton"])
+    assert clean_text("Spine Institute: normal alignment.", k, None) == "Spine Institute: normal alignment."
