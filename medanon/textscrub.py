@@ -1110,6 +1110,33 @@ def _parse_person_name(raw: str) -> list[tuple[list[str], list[str], list[str]]]
     return out
 
 
+# Common words that are known names too, never taken for the name on their own: body parts,
+# months, directions and words a report starts a sentence or a heading with
+_COMMON_NEVER_ALONE = _words("""head heart hand foot arm leg chest back side mass wall walls bone case page day
+person may june april august summer winter north south east west early late will mark long short small
+little large young white gray grey black brown green good best strong major cross street church house
+branch power powers chance fields""")
+_PERSON_VERB_RE = re.compile(
+    r"(?:['\u2019]s\b|[ \t]+(?:was|is|has|had|did|does|tolerated|agreed|agrees|reports|reported|states|stated|"
+    r"denies|denied|complains|complained|presents|presented|returned|underwent|received|consented|declined|"
+    r"refused|requested|arrived|called|informed|notified|understood|asked|said|tolerates|prefers|lives|"
+    r"lived|works|worked|feels|felt|wants|wanted)\b)")
+
+
+def _common_word_names_someone(text: str, t: _Tok) -> bool:
+    """A known name that is also a common word (Grace, Rose, King) names the person when it is
+    capitalised and either stands inside a sentence or starts one followed by what a person does
+    ("Grace tolerated", "King was", "Rose's")."""
+    if t.norm in _COMMON_NEVER_ALONE or not (t.text[:1].isupper() and t.text[1:].islower()):
+        return False
+    if re.match(r"[ \t]*\d", text[t.end:t.end + 3]):
+        return False  # "Grace 2" a list item, a date
+    before = text[:t.start].rstrip(" \t")
+    if _PERSON_VERB_RE.match(text, t.end) or re.search(r"['\u2019]s$", t.text):
+        return True
+    return bool(before) and before[-1] not in ".!?:;\n-*#>(\"'"
+
+
 def _known_names(ctx: _Ctx, known: KnownIdentifiers):
     strong: dict[str, str] = {}  # norm -> "family" | "given" | "middle"
     weak: set[str] = set()
@@ -1203,8 +1230,10 @@ def _known_names(ctx: _Ctx, known: KnownIdentifiers):
                 role = strong.get(n) or next((strong[p] for p in _pieces(n) if p in strong), "given")
                 if not _is_cap(t) and (len(n) < 4 or n in COMMON_WORD_NAMES or n in NEVER_NAME):
                     continue  # a known name in lower case still goes, unless it is also a common word
-                if n in COMMON_WORD_NAMES and not (t.text.isupper() and len(t.text) > 3):
-                    continue
+                hits = [p for p in _pieces(n) if p in strong] if "-" in n and n not in strong else []
+                common = n in COMMON_WORD_NAMES or (bool(hits) and all(p in COMMON_WORD_NAMES for p in hits))
+                if common and not (t.text.isupper() and len(t.text) > 3) and not _common_word_names_someone(text, t):
+                    continue  # "Rose-shaped", "Head CT", "King size" for KING^GRACE^ROSE
                 if role == "family" and len(n) < 3 and not (t.text.istitle() or t.text.isupper()):
                     continue  # a two-letter family name ("Ng") goes on its own in "Ng" / "NG" only
                 if _eponym_context(text, t.end):

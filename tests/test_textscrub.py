@@ -295,3 +295,15 @@ def test_a_known_institution_written_another_way():
     assert clean_text("Ophelia is mentioned here.", k, None) == "Ophelia is mentioned here."
     k = KnownIdentifiers(institutions=["Spine Institute of Marbleton"])
     assert clean_text("Spine Institute: normal alignment.", k, None) == "Spine Institute: normal alignment."
+
+
+def test_known_names_that_are_common_words_where_they_name_the_person():
+    """KING^GRACE^ROSE: "Grace tolerated", "King was", "with Rose today" name the patient; a
+    heading, a size, a lower-case word, a number after the word and body parts stay."""
+    k = KnownIdentifiers(person_names=["KING^GRACE^ROSE", "HAND^MAY"])
+    out = clean_text("Grace tolerated the exam well. King was informed. Rose agreed. Seen with Rose today. "
+                     "Rose's mother called.", k, None)
+    for word in ("Grace", "King", "Rose"):
+        assert word not in out, out
+    kept = "Head CT. King size bed. The king of spades. Rose 2 items. Rose-shaped. Hand: no fracture."
+    assert clean_text(kept, k, None) == kept
