@@ -635,6 +635,11 @@ _DASHED_RE = re.compile(r"(?<![\w.-])\d{2,}(?:[-/]\d{2,}){2,}(?![\w-]|[.]\d)")
 _ALNUM_RE = re.compile(r"(?<![\w-])[A-Za-z0-9](?:[A-Za-z0-9]|[-_](?=[A-Za-z0-9]))*(?![\w-])")
 _UNIT_TOKEN_RE = re.compile(r"\d+(?:[-_]?[A-Za-z]{1,6}(?:[-_][A-Za-z]{1,6})?)")
 
+_UNITS_WORDS = "one|two|three|four|five|six|seven|eight|nine"
+_AGE_WORDS = (rf"(?:ninety(?:[ -](?:{_UNITS_WORDS}))?|a[ \t]+hundred(?:[ \t]+and)?(?:[ \t]+(?:{_UNITS_WORDS}))?"
+              rf"|one[ \t]+hundred(?:[ \t]+and)?(?:[ \t]+(?:{_UNITS_WORDS}|ten))?)")
+_NOT_AGE_AFTER = (r"[ \t]*(?:%|°|(?:percent|per[ \t]*cent|degrees?|mm|cm|ml|mg|kg|lbs?|pounds|minutes?|mins?|"
+                  r"seconds?|secs?|hours?|hrs?|days?|weeks?|months?|times|beats|bpm|units?|feet|ft|inches)\b)")
 _AGE_RES = [
     re.compile(r"(?<![\w.])(?P<n>9\d|1[0-3]\d)(?:\s*|-)(?:years?|yrs?|yr)(?:\s*|-)(?:old|of\s+age)\b", re.I),
     re.compile(r"(?<![\w.])(?P<n>9\d|1[0-3]\d)\s*-?\s*(?:yo|y/o|y\.o\.?|yr\.?\s*old|year\s*old)(?![\w])", re.I),
@@ -643,10 +648,14 @@ _AGE_RES = [
     re.compile(r"(?<![\w.])(?P<n>(?:9\d|1[0-3]\d)\s?(?:y|yrs?|years?))(?![\w/])", re.I),  # "92y", "92 yrs"
     re.compile(r"(?<![\w.])(?P<n>9\d|1[0-3]\d)\s*-?\s*(?:year|yr)s?\s*-?\s*old\b", re.I),
     re.compile(r"(?<![\w.])(?P<n>9\d|1[0-3]\d)(?:\s*|-)(?:jährige[rn]?|ans)\b", re.I),
+    # spelled out: "is ninety-two", "aged one hundred and one", "ninety-two years old"
+    re.compile(rf"(?:(?<![\w])(?:is|aged?|turned|now)[ \t]+(?P<n>{_AGE_WORDS})(?![\w-])(?!{_NOT_AGE_AFTER})"
+               rf"|(?<![\w-])(?P<m>{_AGE_WORDS})(?=[ \t-]*(?:years?|yrs?)[ \t-]*old\b))", re.I),
 ]
 
 _SUFFIX_FULL = ("Street|Avenue|Road|Boulevard|Lane|Drive|Court|Place|Terrace|Circle|Highway|Parkway|"
-                "Square|Trail|Alley|Crescent|Close|Loop|Turnpike|Plaza|Way|Row|Pike|Expressway|Freeway")
+                "Square|Trail|Alley|Crescent|Close|Loop|Turnpike|Plaza|Way|Row|Pike|Expressway|Freeway|"
+                "Gardens|Mews|Grove|Walk|Parade|Rise|Vale|Heights|Quay|Wharf")
 _SUFFIX_ABBR = "St|Ave|Av|Rd|Blvd|Ln|Dr|Ct|Pl|Ter|Cir|Hwy|Pkwy|Sq|Trl|Cres|Expy|Fwy"
 _STREET_SUFFIX = (rf"(?:{_SUFFIX_FULL}|{_SUFFIX_FULL.upper()}|(?:{_SUFFIX_ABBR})\b\.?|"
                   rf"(?:{_SUFFIX_ABBR.upper()})\b\.)")
@@ -688,7 +697,7 @@ _INST_SUFFIX = (r"(?:Hospital|Hospitals|Medical\s+Center|Medical\s+Centre|Health
                 r"Healthcare|Health\s+Care|Clinic|Clinics|Infirmary|Imaging\s+Center|Imaging\s+Centre|"
                 r"Radiology\s+Associates|Radiology\s+Group|Cancer\s+Center|Cancer\s+Institute|Medical\s+Group|"
                 r"Klinikum|Krankenhaus|Klinik|Universitätsklinikum|Sanatorium|Hospice|Nursing\s+Home|"
-                r"Rehabilitation\s+Center|Surgery\s+Center|Medical\s+Associates|Health)")
+                r"Rehabilitation\s+Center|Surgery\s+Center|Medical\s+Associates|Health|Institute|Diagnostics)")
 _INST_RE = re.compile(
     rf"(?<![\w])(?:(?:St\.|Saint|Mount|Mt\.)[ \t]+)?(?:[A-Z][\w'\u2019&.-]*[ \t]+){{1,5}}(?:of[ \t]+[A-Z]\w+[ \t]+)?"
     rf"{_INST_SUFFIX}(?![\w])(?:[ \t]+(?:of|at)[ \t]+[A-Z][\w'-]*(?:[ \t]+[A-Z][\w'-]*){{0,3}})?")
@@ -720,7 +729,8 @@ _CUES_FREE = [
     "reviewed with", "consulted with", "conferred with", "in consultation with", "seen with", "met with",
     "office of", "care of", "c/o", "attention", "faxed to", "sent to", "mailed to", "forwarded to",
     "copied to", "per", "according to", "accompanied by", "escorted by", "brought in by", "translated by",
-    "interpreter", "consent obtained from", "consented by",
+    "interpreter", "consent obtained from", "consented by", "texted to", "texted", "emailed to", "messaged",
+    "phoned", "neighbour", "neighbor",
     "referring physician", "referring provider", "referring doctor", "referring clinician",
     "ordering physician", "ordering provider", "ordering clinician", "attending physician",
     "attending radiologist", "attending", "resident", "fellow", "technologist", "sonographer",
@@ -1312,7 +1322,8 @@ def _detect_patterns(ctx: _Ctx):
         ctx.add(m.start(), m.end(), "ID")
     for pat in _AGE_RES:
         for m in pat.finditer(text):
-            ctx.add(m.start("n"), m.end("n"), "AGE_OVER_89")
+            g = "n" if m.group("n") is not None else "m"
+            ctx.add(m.start(g), m.end(g), "AGE_OVER_89")
     # addresses and postal codes
     for m in _ADDR_RE.finditer(text):
         s, e = m.start(), m.end()
@@ -1582,10 +1593,18 @@ def _detect_learned(ctx: _Ctx, name_spans: list[tuple[int, int]]):
     learned = {w for w in learned if not _blocked(w) and len(w) >= 3}
     if not learned:
         return
-    for t in ctx.toks:
+    toks = ctx.toks
+    for i, t in enumerate(toks):
         if _is_cap(t) and (t.norm in learned or ("-" in t.norm and any(p in learned for p in _pieces(t.norm)))):
             if not _eponym_context(ctx.text, t.end):
                 ctx.add(t.start, t.end, "NAME")
+                # "Texted to Xanthe" taught the given name: "Xanthe Brightwater was paged" goes whole
+                nxt = toks[i + 1] if i + 1 < len(toks) else None
+                if (nxt is not None and ctx.text[t.end:nxt.start] == " " and nxt.text[:1].isupper()
+                        and nxt.text[1:].islower() and len(nxt.norm) >= 3 and not _blocked(nxt.norm)
+                        and nxt.norm not in learned and not _CRED_RE.match(ctx.text, nxt.start)
+                        and not _INST_HINT_RE.match(ctx.text, nxt.start)):
+                    ctx.add(nxt.start, nxt.end, "NAME")
 
 
 # --------------------------------------------------------------------------- merge

@@ -307,3 +307,19 @@ def test_known_names_that_are_common_words_where_they_name_the_person():
         assert word not in out, out
     kept = "Head CT. King size bed. The king of spades. Rose 2 items. Rose-shaped. Hand: no fracture."
     assert clean_text(kept, k, None) == kept
+
+
+def test_names_places_and_ages_a_report_writes_without_the_usual_cues():
+    """Audit case 21: a given name learned from a cue takes the surname next to it elsewhere;
+    texted to / neighbour are cues; an Institute or Diagnostics is an institution; Gardens is a
+    street; an age over 89 spelled out goes, a number of degrees or percent stays."""
+    k = KnownIdentifiers(person_names=["PENTWORTH^ALDA"])
+    text = ("Xanthe Brightwater was paged at 14:00. Texted to Xanthe. Her neighbour Ottoline Fairweather drove "
+            "her home. Films from Marbleton Heart Institute and Ravenscroft Diagnostics. Lives at 14 Elmstead "
+            "Gardens. Patient is ninety-two. A ninety-one year old. Aged one hundred and one.")
+    out = clean_text(text, k, None)
+    for leak in ("Xanthe", "Brightwater", "Ottoline", "Fairweather", "Marbleton", "Ravenscroft", "Elmstead",
+                 "ninety", "hundred"):
+        assert leak not in out, (leak, out)
+    kept = "Rotated ninety degrees. Is ninety percent stenosed. Is ninety % narrowed. Xanthe Street is not a name."
+    assert clean_text(kept, KnownIdentifiers(), None) == kept
