@@ -56,13 +56,11 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
-try:  # importable from tests (bench/ is not a package) and runnable from the repo root
-    from medanon.textscrub import KnownIdentifiers, clean_text, find_phi_spans, _name_lists
-    from medanon.reports import known_for_doc, parse_report, scrub_report
-except ImportError:  # pragma: no cover
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from medanon.textscrub import KnownIdentifiers, clean_text, find_phi_spans, _name_lists
-    from medanon.reports import known_for_doc, parse_report, scrub_report
+# the checkout this script is in, even where another one is installed (editable) in the venv:
+# comparing two checkouts must measure each one's engine
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from medanon.textscrub import KnownIdentifiers, clean_text, find_phi_spans, _name_lists  # noqa: E402
+from medanon.reports import known_for_doc, parse_report, scrub_report  # noqa: E402
 
 
 # --------------------------------------------------------------------------- held-out names
