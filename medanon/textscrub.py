@@ -645,7 +645,8 @@ _AGE_RES = [
     re.compile(r"(?<![\w.])(?P<n>9\d|1[0-3]\d)\s*-?\s*(?:yo|y/o|y\.o\.?|yr\.?\s*old|year\s*old)(?![\w])", re.I),
     re.compile(r"\bage[ds]?\s*[:=]?\s*(?P<n>9\d|1[0-3]\d)(?!\d|\.\d)", re.I),
     re.compile(r"(?<![\w.])(?P<n>0?(?:9\d|1[0-3]\d)Y)(?![\w])"),
-    re.compile(r"(?<![\w.])(?P<n>(?:9\d|1[0-3]\d)\s?(?:y|yrs?|years?))(?![\w/])", re.I),  # "92y", "92 yrs"
+    re.compile(r"(?<![\w.])(?P<n>(?:9\d|1[0-3]\d)\s?(?:y|yrs?|years?))(?![\w/])(?![ \t-]*(?:old|of\s+age)\b)",
+               re.I),  # "92y", "92 yrs" ("92 year old" is the rules' above: the number alone goes)
     re.compile(r"(?<![\w.])(?P<n>9\d|1[0-3]\d)\s*-?\s*(?:year|yr)s?\s*-?\s*old\b", re.I),
     re.compile(r"(?<![\w.])(?P<n>9\d|1[0-3]\d)(?:\s*|-)(?:jährige[rn]?|ans)\b", re.I),
     # spelled out: "is ninety-two", "aged one hundred and one", "ninety-two years old"
