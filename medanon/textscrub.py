@@ -1599,12 +1599,13 @@ def _detect_learned(ctx: _Ctx, name_spans: list[tuple[int, int]]):
         if _is_cap(t) and (t.norm in learned or ("-" in t.norm and any(p in learned for p in _pieces(t.norm)))):
             if not _eponym_context(ctx.text, t.end):
                 ctx.add(t.start, t.end, "NAME")
-                # "Texted to Xanthe" taught the given name: "Xanthe Brightwater was paged" goes whole
+                # "Texted to Xanthe" taught the given name: "Xanthe Brightwater was paged" goes
+                # whole (the next word capitalised, then what a person does: not "Test Document")
                 nxt = toks[i + 1] if i + 1 < len(toks) else None
                 if (nxt is not None and ctx.text[t.end:nxt.start] == " " and nxt.text[:1].isupper()
                         and nxt.text[1:].islower() and len(nxt.norm) >= 3 and not _blocked(nxt.norm)
                         and nxt.norm not in learned and not _CRED_RE.match(ctx.text, nxt.start)
-                        and not _INST_HINT_RE.match(ctx.text, nxt.start)):
+                        and not _INST_HINT_RE.match(ctx.text, nxt.start) and _PERSON_VERB_RE.match(ctx.text, nxt.end)):
                     ctx.add(nxt.start, nxt.end, "NAME")
 
 

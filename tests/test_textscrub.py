@@ -325,3 +325,6 @@ def test_names_places_and_ages_a_report_writes_without_the_usual_cues():
         assert leak not in out, (leak, out)
     kept = "Rotated ninety degrees. Is ninety percent stenosed. Is ninety % narrowed. Xanthe Street is not a name."
     assert clean_text(kept, KnownIdentifiers(), None) == kept
+    # a known name's next word is not a surname unless a person's verb follows (test-SR.dcm)
+    out = clean_text("OFFIS Structured Reporting Test Document", KnownIdentifiers(person_names=["Test^S R"]), None)
+    assert out == "OFFIS Structured Reporting [NAME] Document"
