@@ -16,8 +16,8 @@ from .pipeline import WorkerConfig, remap_rows
 from .state import REREAD_REASONS, StateStore
 
 # re-evaluated every run: export policy, and failures that may have been transient
-POLICY_REASONS = ("burned-in-annotation", "recognizable-visual-features", "structured-report", "encapsulated-document", "duplicate-instance",
-                  "write-error") + REREAD_REASONS
+POLICY_REASONS = ("burned-in-annotation", "recognizable-visual-features", "structured-report", "encapsulated-document",
+                  "duplicate-instance", "write-error") + REREAD_REASONS
 
 
 def remap_pending(cfg: WorkerConfig, store: StateStore, run_id: str, batch_size: int) -> dict:

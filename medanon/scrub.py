@@ -686,7 +686,7 @@ def _from_un(ds: Dataset, tag) -> DataElement | None:
     except Exception:  # noqa: BLE001 - a value that does not decode as its dictionary VR
         return None
     vr = elem.VR
-    if not vr_allowed(tag, vr) or (vr == "UN" and not vr_allowed(tag, "UN")):
+    if not vr_allowed(tag, vr):  # still UN (a tag whose dictionary VR is UN is allowed it)
         return None
     if vr in TEXT_VRS or vr in ("PN", "CS", "UI", "DA", "DT", "TM", "AS", "AE", "DS", "IS", "UR"):
         values = elem.value if elem.VM > 1 else [elem.value]

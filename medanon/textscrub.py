@@ -575,8 +575,9 @@ def shift_da(value: str, days: int) -> str:
 
     Uses the same arithmetic as :func:`clean_text` (``datetime.date + timedelta``), so a
     date written in a report and the same date in a header end up equal.  The time and
-    fraction of a DT are kept, its UTC offset dropped (as in the DICOM).  Legacy "YYYY.MM.DD" keeps its dots.  A
-    year-only DT ("YYYY") is returned unchanged; an empty or unparseable value -> "".
+    fraction of a DT are kept, its UTC offset dropped (as in the DICOM).  Legacy "YYYY.MM.DD"
+    keeps its dots.  A year-only DT ("YYYY") is returned unchanged; an empty or unparseable
+    value -> "".
     """
     v = (value or "").strip()
     if not v:
@@ -1074,11 +1075,12 @@ _INST_HINT_RE = re.compile(
 def _near_institution_hint(text: str, start: int, end: int, reach: int = 24) -> bool:
     """Is there a word such as Hosp., General, St., Clinic within ``reach`` characters, on the
     same line?"""
-    lo = text.rfind("\n", max(0, start - reach), start) + 1 or max(0, start - reach)
-    hi = text.find("\n", end, end + reach)
-    hi = end + reach if hi < 0 else hi
-    return bool(_INST_HINT_RE.search(text[max(lo, start - reach):start])
-                or _INST_HINT_RE.search(text[end:hi]))
+    lo, hi = max(0, start - reach), min(len(text), end + reach)
+    nl = text.rfind("\n", lo, start)
+    lo = nl + 1 if nl >= 0 else lo
+    nl = text.find("\n", end, hi)
+    hi = nl if nl >= 0 else hi
+    return bool(_INST_HINT_RE.search(text[lo:start]) or _INST_HINT_RE.search(text[end:hi]))
 
 
 def _distinctive_institution_words(words: list[str]) -> list[str]:
