@@ -109,6 +109,53 @@ PROFILES: dict[str, Profile] = {
         retain_safe_private=True,
     ),
 }
+# Attributes Table E.1-1 (2026c) lists that pydicom's data dictionary does not know yet, with their
+# PS3.6 VR, VM and keyword. Registered so that an implicit VR file's value is read as what it is
+# (a sequence's items walked, a date shifted) and an explicit VR one is held to the right VR.
+STANDARD_ADDITIONS: dict[int, tuple[str, str, str, str, str]] = {
+    0x00081301: ("SQ", "1", "Principal Diagnosis Code Sequence", "", "PrincipalDiagnosisCodeSequence"),
+    0x00081302: ("SQ", "1", "Primary Diagnosis Code Sequence", "", "PrimaryDiagnosisCodeSequence"),
+    0x00081303: ("SQ", "1", "Secondary Diagnoses Code Sequence", "", "SecondaryDiagnosesCodeSequence"),
+    0x00081304: ("SQ", "1", "Histological Diagnoses Code Sequence", "", "HistologicalDiagnosesCodeSequence"),
+    0x00100011: ("SQ", "1", "Person Names to Use Sequence", "", "PersonNamesToUseSequence"),
+    0x00100012: ("LT", "1", "Name to Use", "", "NameToUse"),
+    0x00100013: ("UT", "1", "Name to Use Comment", "", "NameToUseComment"),
+    0x00100014: ("SQ", "1", "Third Person Pronouns Sequence", "", "ThirdPersonPronounsSequence"),
+    0x00100015: ("SQ", "1", "Pronoun Code Sequence", "", "PronounCodeSequence"),
+    0x00100016: ("UT", "1", "Pronoun Comment", "", "PronounComment"),
+    0x00100041: ("SQ", "1", "Gender Identity Sequence", "", "GenderIdentitySequence"),
+    0x00100042: ("UT", "1", "Sex Parameters for Clinical Use Category Comment", "",
+                 "SexParametersForClinicalUseCategoryComment"),
+    0x00100043: ("SQ", "1", "Sex Parameters for Clinical Use Category Sequence", "",
+                 "SexParametersForClinicalUseCategorySequence"),
+    0x00100044: ("SQ", "1", "Gender Identity Code Sequence", "", "GenderIdentityCodeSequence"),
+    0x00100045: ("UT", "1", "Gender Identity Comment", "", "GenderIdentityComment"),
+    0x00100046: ("SQ", "1", "Sex Parameters for Clinical Use Category Code Sequence", "",
+                 "SexParametersForClinicalUseCategoryCodeSequence"),
+    0x00100047: ("UR", "1-n", "Sex Parameters for Clinical Use Category Reference", "",
+                 "SexParametersForClinicalUseCategoryReference"),
+    0x00102162: ("UC", "1-n", "Ethnic Groups", "", "EthnicGroups"),
+    0x0040A034: ("DT", "1", "Effective Start DateTime", "", "EffectiveStartDateTime"),
+    0x0040A035: ("DT", "1", "Effective Stop DateTime", "", "EffectiveStopDateTime"),
+    0x0040B034: ("DT", "1", "Annotation DateTime", "", "AnnotationDateTime"),
+    0x0040B036: ("DT", "1", "Segment Definition DateTime", "", "SegmentDefinitionDateTime"),
+    0x0040B03B: ("LT", "1", "Montage Name", "", "MontageName"),
+    0x0040B03F: ("LO", "1", "Montage Channel Label", "", "MontageChannelLabel"),
+    0x0040E012: ("UR", "1", "Display URI", "", "DisplayURI"),
+}
+
+
+def register_standard_additions() -> None:
+    """Add STANDARD_ADDITIONS to pydicom's dictionary (those it already knows are left alone)."""
+    from pydicom.datadict import add_dict_entries, dictionary_has_tag
+
+    missing = {tag: entry for tag, entry in STANDARD_ADDITIONS.items() if not dictionary_has_tag(tag)}
+    if missing:
+        add_dict_entries(missing)
+
+
+register_standard_additions()
+
 DEFAULT_PROFILE = "research"
 
 

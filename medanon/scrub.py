@@ -241,6 +241,8 @@ class Scrubber:
         action = self.table.lookup(tag)
         if tag in IDENTITY_TAGS and action != "K":
             return False
+        if _allowed_vrs(tag) is None:
+            return False  # a tag the dictionary does not know: the walk decides from its VR
         if action is None:
             dvr = vr or (_allowed_vrs(tag) and dictionary_VR(tag))  # implicit VR: the dictionary's
             return (dictionary_has_tag(tag) and dvr not in ("PN", "UI", "UR", "DA", "DT", "TM")
@@ -420,6 +422,10 @@ class Scrubber:
     def _apply(self, ds: Dataset, tag, action: str, ctx: ScrubContext, mode: str) -> None:
         if action == "X":
             del ds[tag]
+            ctx.removed += 1
+            return
+        if _allowed_vrs(tag) is None and _raw_vr(ds, tag) is None:
+            del ds[tag]  # listed, unknown to the dictionary, implicit VR: what it holds cannot be read
             ctx.removed += 1
             return
         stored = _stored_vr(ds, tag)

@@ -573,3 +573,41 @@ def test_a_code_that_equals_a_short_or_single_name_word_is_kept():
     out = _roundtrip(sr)[0].ConceptNameCodeSequence[0]
     assert "Test" not in out.CodeMeaning and "7733421" not in out.CodeValue
     assert out.CodingSchemeVersion == "ANONYMIZED" and out.CodingSchemeDesignator == "TEST"
+
+
+@pytest.mark.parametrize("profile", ["research", "basic"])
+def test_attributes_of_the_2026c_table_that_pydicom_does_not_know(profile):
+    """Sex Parameters for Clinical Use Category Sequence (0010,0043) and its kin are in Table
+    E.1-1 (2026c) but not in pydicom 3's dictionary. In an implicit VR file their items are
+    walked like any sequence's (the name, MRN and original UID inside replaced); in an explicit
+    VR file one written with another VR (LT for a sequence) is removed."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    ds = _mr_with()
+    ds.PatientName, ds.PatientID = "Qxzwv^Brenda", "MRN7733421"
+    ref, item = Dataset(), Dataset()
+    ref.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ref.ReferencedSOPInstanceUID = PHI_SERIES_UID
+    item.add_new(0x00100010, "PN", "Qxzwv^Brenda")
+    item.add_new(0x00100042, "UT", "per Brenda Qxzwv MRN7733421")  # Sex Parameters … Comment
+    item.add_new(0x00081140, "SQ", Sequence([ref]))
+    ds.add_new(0x00100043, "SQ", Sequence([item]))
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    implicit = buf.getvalue()
+    assert b"Qxzwv" in implicit and PHI_SERIES_UID.encode() in implicit
+    outs = _outputs(implicit, PROFILES[profile])
+    _assert_absent(outs, ["Qxzwv", "Brenda", "MRN7733421", PHI_SERIES_UID])
+    for data in outs:
+        out = pydicom.dcmread(io.BytesIO(data))
+        if profile == "research":  # K under Retain Patient Characteristics: kept, walked
+            seq = out[0x00100043].value
+            assert seq[0][0x00081140].value[0].ReferencedSOPInstanceUID.startswith("2.25.")
+        else:
+            assert 0x00100043 not in out
+
+    wrong = _mr_with(DataElement(0x00100046, "LT", "Brenda Qxzwv MRN7733421"))  # really a sequence
+    wrong.PatientName = "Someone^Else"
+    outs = _outputs(_explicit_bytes(wrong), PROFILES[profile])
+    _assert_absent(outs, ["Qxzwv", "MRN7733421"])
