@@ -297,7 +297,9 @@ def _translit_variants(raw: str, n: str) -> set[str]:
 
 # invisible format characters that would split or disguise a name (soft hyphen, zero-width
 # space/non-joiner/joiner, word joiner, BOM): dropped before matching
-_INVISIBLE_RE = re.compile("[\u00ad\u200b-\u200d\u2060\ufeff]")
+# soft hyphen, zero-width space/joiners, word joiner, BOM, Arabic tatweel: drawn as nothing, or as
+# a stretch of the line, inside a word
+_INVISIBLE_RE = re.compile("[\u00ad\u200b-\u200d\u2060\ufeff\u0640]")
 
 
 def _other_kana(s: str) -> str:
@@ -307,7 +309,13 @@ def _other_kana(s: str) -> str:
 
 
 def strip_invisible(s: str) -> str:
-    return _INVISIBLE_RE.sub("", s) if s else s
+    """Invisible characters removed and accents composed (NFC: "Mu\u0308ller", as macOS writes
+    it, is "Müller"), so a name matches however it was typed."""
+    if not s:
+        return s
+    if not s.isascii() and not unicodedata.is_normalized("NFC", s):
+        s = unicodedata.normalize("NFC", s)
+    return _INVISIBLE_RE.sub("", s)
 
 
 def _norm(tok: str) -> str:

@@ -329,3 +329,15 @@ def test_names_places_and_ages_a_report_writes_without_the_usual_cues():
     # a known name's next word is not a surname unless a person's verb follows (test-SR.dcm)
     out = clean_text("OFFIS Structured Reporting Test Document", KnownIdentifiers(person_names=["Test^S R"]), None)
     assert out == "OFFIS Structured Reporting [NAME] Document"
+
+
+def test_decomposed_accents_and_a_tatweel_do_not_hide_a_known_name():
+    """Text in Unicode NFD (accents as combining marks, as macOS writes files) and a name
+    stretched by an Arabic tatweel: the known names are found as in composed text."""
+    import unicodedata
+
+    k = KnownIdentifiers(person_names=["MÜLLER-GRÖBNER^RENÉE", "NOVÁKOVÁ^JANA"])
+    text = unicodedata.normalize("NFD", "Frau Müller-Gröbner und Renée kamen. Nováková berichtet.")
+    out = clean_text(text + " Mu\u0640ller.", k, None)
+    for leak in ("ller", "bner", "Ren", "Nov"):
+        assert leak not in unicodedata.normalize("NFC", out), out
