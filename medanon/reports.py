@@ -607,6 +607,8 @@ def parse_report(data: bytes, filename: str = "") -> ReportDoc:
     if (sniff_report(data[:4096]) == "hl7" or text.lstrip("\ufeff \t\r\n\x0b").startswith("MSH|")
             or _MSH_LINE.search(text)):
         doc = _parse_hl7(text, data, codec)
+        if not doc.reject and _looks_like_markup(doc.text):
+            doc.reject = UNSUPPORTED_FORMAT  # RTF or HTML inside OBX-5: names hidden in escapes and tags
     else:
         doc = ReportDoc(kind="text", text=text.lstrip("\ufeff"), raw=data, encoding=codec)
         _extract_from_text(doc, doc.text)

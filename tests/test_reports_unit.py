@@ -299,6 +299,14 @@ def test_markup_reports_are_quarantined():
     # ordinary comparisons in a plain-text report stay plain text
     doc = parse_report(b"FINDINGS: nodule <5 mm, lesion > 3 cm.\nIMPRESSION: normal.\n")
     assert doc.kind == "text" and not doc.reject
+    # RTF or HTML inside an HL7 message's OBX-5 (audit 2, reports #4 and #5)
+    msh = b"MSH|^~\\&|RIS|H|EHR|H|20190315101500||ORU^R01|C1|P|2.5\rPID|1||PID77^^^MRN^MR||QUELLBRIDGE^ANN\r"
+    for obx in (rb"OBX|1|FT|^REPORT||{\E\rtf1\E\ansi {\E\fonttbl}\E\par Quell\E\'62ridge is well.\E\par}||||||F",
+                b"OBX|1|TX|^REPORT||<p>Hollingdr\\T\\#97;ke is well. <b>Fen</b>worthy read it.</p>||||||F"):
+        doc = parse_report(msh + obx + b"\r")
+        assert doc.kind == "hl7" and doc.reject == "report-unsupported-format", obx[:40]
+    doc = parse_report(msh + b"OBX|1|TX|^IMPRESSION||Nodule <5 mm, lesion > 3 cm.||||||F\r")
+    assert doc.kind == "hl7" and not doc.reject
 
 
 def test_mixed_encoding_report_is_quarantined():
