@@ -42,12 +42,14 @@ __all__ = ["ReportDoc", "ReportRejected", "REPORT_REASONS", "sniff_report", "par
 
 # Quarantine reasons of reports that cannot be scrubbed reliably (PHI-free codes; the pairing
 # reasons 'report-unmatched' / 'report-ambiguous' live in medanon.pairing).
-UNPARSED_HL7, UNSUPPORTED_FORMAT, MIXED_ENCODING = (
-    "report-unparsed-hl7", "report-unsupported-format", "report-mixed-encoding")
+UNPARSED_HL7, UNSUPPORTED_FORMAT, MIXED_ENCODING, LEGACY_ENCODING = (
+    "report-unparsed-hl7", "report-unsupported-format", "report-mixed-encoding", "report-legacy-encoding")
 REPORT_REASONS = {
     UNPARSED_HL7: "report holds HL7 segments that could not be parsed as an HL7 message",
     UNSUPPORTED_FORMAT: "report is RTF, XML/CDA, HTML or other markup that cannot be scrubbed reliably",
     MIXED_ENCODING: "report is UTF-8 with stray bytes of another encoding (names may not match)",
+    LEGACY_ENCODING: "report is in a code page other than Latin-1 (Cyrillic, Greek, Central European…): "
+                     "convert it to UTF-8",
 }
 
 
@@ -128,6 +130,54 @@ def _mixed_encoding(data: bytes) -> bool:
         return False
     except UnicodeDecodeError:
         return _UTF8_MULTI.search(body) is not None
+
+
+# A word of 3+ letters all from U+00C0-U+00FF (Latin-1's accented letters): Cyrillic, Greek, Hebrew
+# or Arabic bytes of an 8-bit code page read as Latin-1 ("Êóçíåöîâà"), never a Western word
+_ALL_HIGH_WORD = re.compile(r"(?<![^\W\d_])[\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u00ff]{3,}(?![^\W\d_])")
+# Characters HL7 MSH-18 may declare that a Latin-1 reading gets right
+_LATIN1_CHARSETS = {"", "ASCII", "ISO IR6", "8859/1", "ISO IR100", "ISO-8859-1", "LATIN1", "WINDOWS-1252", "CP1252"}
+# Code pages a name known from the DICOM header is looked for in, in a report read as Latin-1
+_LEGACY_CODECS = ("cp1250", "cp1251", "cp1253", "cp1254", "cp1255", "cp1256", "cp1257", "iso8859_2",
+                  "iso8859_5", "iso8859_7", "koi8_r", "gb18030", "big5", "shift_jis", "euc_kr", "euc_jp")
+
+
+def _non_latin_words(text: str) -> bool:
+    return _ALL_HIGH_WORD.search(text) is not None
+
+
+def _declared_legacy(doc: "ReportDoc", text: str) -> bool:
+    """An HL7 message whose MSH-18 declares a character set Latin-1 does not read."""
+    if doc.kind != "hl7":
+        return False
+    m = _MSH_LINE.search(text)
+    if not m:
+        return False
+    line = text[m.start():].split("\r", 1)[0].split("\n", 1)[0]
+    fields = line.split(m.group("fs"))
+    charset = fields[17].strip().upper() if len(fields) > 17 else ""  # MSH-18 (MSH-1 is the separator)
+    return charset.split(m.group("enc")[1:2] or "~")[0] not in _LATIN1_CHARSETS
+
+
+def _known_name_in_legacy_bytes(doc: "ReportDoc", known: KnownIdentifiers | None) -> bool:
+    """A report read as Latin-1 whose bytes hold a known name written in another code page."""
+    if known is None or doc.encoding != "latin-1" or not doc.raw:
+        return False
+    parts = {w for raw in known.person_names for w in re.split(r"[\s^,=]+", raw or "") if len(w) >= 3}
+    for w in parts:
+        try:
+            w.encode("latin-1")
+            continue  # Latin-1 reads it right
+        except UnicodeEncodeError:
+            pass
+        for codec in _LEGACY_CODECS:
+            for form in {w, w.upper(), w.capitalize()}:
+                try:
+                    if form.encode(codec) in doc.raw:
+                        return True
+                except UnicodeEncodeError:
+                    break
+    return False
 
 
 # markup formats that are not plain text: exported raw they would keep names hidden in escapes,
@@ -618,6 +668,8 @@ def parse_report(data: bytes, filename: str = "") -> ReportDoc:
             doc.reject = UNSUPPORTED_FORMAT
     if not doc.reject and _mixed_encoding(data):
         doc.reject = MIXED_ENCODING
+    if not doc.reject and codec == "latin-1" and (_non_latin_words(text) or _declared_legacy(doc, text)):
+        doc.reject = LEGACY_ENCODING
     _extract_from_filename(doc, filename)
     return doc
 
@@ -873,6 +925,8 @@ def scrub_report(doc: ReportDoc, known: KnownIdentifiers, date_shift_days: int |
     a quarantine code of :data:`REPORT_REASONS`)."""
     if doc.reject:
         raise ReportRejected(doc.reject)
+    if _known_name_in_legacy_bytes(doc, known):
+        raise ReportRejected(LEGACY_ENCODING)
     k = known_for_doc(doc, known)
     if doc.kind == "hl7":
         try:

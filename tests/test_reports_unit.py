@@ -438,3 +438,28 @@ def test_a_report_is_cleaned_of_staff_named_only_in_another_series_of_its_study(
     text = (tmp_path / "out" / "p" / "r.txt").read_text()
     assert "Brightwater" not in text and "Xanthe" not in text and "Plainfield" not in text, text
     assert "no acute abnormality" in text
+
+
+def test_reports_in_a_code_page_latin1_does_not_read_are_quarantined():
+    """Audit 2, reports #2 and #3: a Cyrillic or Greek report in an 8-bit code page was read as
+    Latin-1 and its names came out as mojibake that converts back. Such a report is quarantined:
+    by its words, by an HL7 MSH-18 that declares another character set, or by a name the study's
+    header knows found in its bytes (Czech in cp1250, whose words look Western). German in
+    Latin-1 or cp1252 is still read."""
+    ru = "RADIOLOGY REPORT\nСмирнова перенесла исследование хорошо.\n".encode("cp1251")
+    el = "RADIOLOGY REPORT\nΠαπαδόπουλος: κανένα εύρημα.\n".encode("iso8859_7")
+    for data in (ru, el):
+        assert _rejected(data) == "report-legacy-encoding"
+    msh = "MSH|^~\\&|RIS|H|EHR|H|20190315101500||ORU^R01|C1|P|2.5|||||RU|8859/5\r"
+    hl7 = (msh + "PID|1||PID77^^^MRN^MR||DOE^JOHN\rOBX|1|TX|^IMPRESSION||Dr Ян Ли informed.||||||F\r").encode("iso8859_5")
+    assert not parse_report(hl7.replace(b"8859/5", b"8859/1"), "r.hl7").reject  # its two-letter words pass
+    assert _rejected(hl7) == "report-legacy-encoding"
+    cz = "Zprava: Dvořáková snesla vyšetření dobře.\n".encode("cp1250")
+    doc = parse_report(cz, "r.txt")
+    assert not doc.reject  # its words alone look Western
+    with pytest.raises(ReportRejected) as exc:
+        scrub_report(doc, KnownIdentifiers(person_names=["DVOŘÁKOVÁ^JANA"]), None)
+    assert exc.value.reason == "report-legacy-encoding"
+    de = "Befund: Frau Müller-Größe kam \u201cpünktlich\u201d.\n".encode("cp1252")
+    out = scrub_report(parse_report(de, "r.txt"), KnownIdentifiers(person_names=["MÜLLER-GRÖSSE^ANNA"]), None)
+    assert b"Befund" in out and "Müller".encode() not in out
