@@ -333,8 +333,8 @@ class Scrubber:
             allowed = table_vr.split("/")
             if vr not in allowed or stored is not None and stored not in allowed:
                 return False  # not the VR Table E.3.10-1 gives it: its content is not what is safe
-        elif vr == "UN" or stored == "UN":
-            return False
+        elif vr not in _BLANK_SAFE_VRS or stored not in (None, vr):
+            return False  # no VR in the table: numbers, codes, text, names, UIDs and dates only
         check = _VALUE_FORMS.get(vr)
         if check is not None and elem.value not in (None, ""):
             values = list(elem.value) if elem.VM > 1 else [elem.value]
@@ -352,6 +352,25 @@ class Scrubber:
         elif vr in TEXT_VRS:
             if elem.value:
                 elem.value = self._clean_text_value(elem, ctx)
+        elif vr in ("DA", "DT", "TM"):
+            return self._kept_private_temporal(elem, vr, ctx)
+        elif vr in BYTES_VRS and elem.value:
+            # opaque bytes the table calls safe: not when they spell out a known name, ID or date
+            text = bytes(elem.value).decode("latin-1")
+            if self._mentions_known(text, ctx) or any(d and d in text for d in ctx.known.dates):
+                return False
+        return True
+
+    def _kept_private_temporal(self, elem: DataElement, vr: str, ctx: ScrubContext) -> bool:
+        """A date in a safe private element follows the profile like any other; False: removed."""
+        if self.temporal == "UNMODIFIED" or (vr == "TM" and self.temporal == "MODIFIED"):
+            return True
+        if self.temporal == "REMOVED" or ctx.date_shift is None or vr == "TM":
+            return False
+        value = elem.value
+        if value not in (None, ""):
+            text = "\\".join(str(v) for v in value) if elem.VM > 1 else str(value)
+            elem.value = self._date(text, ctx, shift_date if vr == "DA" else shift_datetime)
         return True
 
     def _unlisted(self, ds: Dataset, tag, ctx: ScrubContext, mode: str) -> None:
@@ -642,6 +661,8 @@ class Scrubber:
         return True
 
 
+# What a safe private element Table E.3.10-1 gives no VR may be kept as
+_BLANK_SAFE_VRS = NUMERIC_VRS | {"DS", "IS", "CS", "SQ", "UI", "PN", "DA", "DT", "TM"} | TEXT_VRS
 _VALUE_FORMS = {
     "DS": re.compile(r"^ *[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)? *$"),
     "IS": re.compile(r"^ *[+-]?\d+ *$"),

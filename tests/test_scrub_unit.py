@@ -611,3 +611,33 @@ def test_attributes_of_the_2026c_table_that_pydicom_does_not_know(profile):
     wrong.PatientName = "Someone^Else"
     outs = _outputs(_explicit_bytes(wrong), PROFILES[profile])
     _assert_absent(outs, ["Qxzwv", "MRN7733421"])
+
+
+def test_safe_private_slots_without_a_vr_and_opaque_ones():
+    """Audit 2, DICOM #2 (research). Table E.3.10-1 gives some SIEMENS Ultrasound SC2000 slots no
+    VR (Stage Timer Time, Plane Origin Vector…): a date there is shifted like any other, a URL or
+    an AE title is removed, a number is kept. An OB slot (Common Acoustic Meta Information) is
+    kept unless its bytes spell out a known name, ID or date."""
+    ds = _mr_with()
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Qxzwv^Brenda", "MRN7733421", "19300215"
+    block = ds.private_block(0x0119, "SIEMENS Ultrasound SC2000", create=True)
+    block.add_new(0x11, "DA", "19411107")  # a real exam date
+    block.add_new(0x12, "UR", "http://pacs.example/viewer?mrn=MRN7733421")
+    block.add_new(0x01, "OB", b"Brenda Qxzwv DOB 19300215 ")
+    block.add_new(0x13, "IS", "25")
+    other = ds.private_block(0x0129, "SIEMENS Ultrasound SC2000", create=True)
+    other.add_new(0x03, "DT", "19411107093000")
+    other.add_new(0x04, "AE", "OPHELIA_CT_ED")
+    other.add_new(0x05, "DS", "1.5")
+    outs = _outputs(_explicit_bytes(ds), PROFILES["research"])
+    _assert_absent(outs, ["19411107", "MRN7733421", "Qxzwv", "OPHELIA", "19300215"])
+    for data in outs:
+        out = pydicom.dcmread(io.BytesIO(data))
+        kept = out.private_block(0x0119, "SIEMENS Ultrasound SC2000")
+        assert kept[0x13].value == 25 and len(kept[0x11].value) == 8  # shifted, not removed
+        assert out.private_block(0x0129, "SIEMENS Ultrasound SC2000")[0x05].value == 1.5
+    ds2 = _mr_with()
+    b2 = ds2.private_block(0x0119, "SIEMENS Ultrasound SC2000", create=True)
+    b2.add_new(0x01, "OB", b"\x01\x02acoustic\x00")  # nothing known in it: kept
+    for data in _outputs(_explicit_bytes(ds2), PROFILES["research"]):
+        assert pydicom.dcmread(io.BytesIO(data)).private_block(0x0119, "SIEMENS Ultrasound SC2000")[0x01].value
