@@ -47,7 +47,7 @@ from pydicom.sequence import Sequence
 from . import __version__
 from .keys import Pseudonymizer, shift_date, shift_datetime
 from .profile import CID7050, ActionTable, Profile, csc_codes, resolve, safe_private_vrs
-from .textscrub import KnownIdentifiers, clean_text, known_tokens, mentions_known
+from .textscrub import KnownIdentifiers, clean_text, known_tokens, mentions_known, mentions_known_details
 
 try:  # registered UIDs (transfer syntaxes, SOP classes, ...) are not identifying
     from pydicom._uid_dict import UID_dictionary as _REGISTERED_UIDS
@@ -101,6 +101,9 @@ UNLISTED_REMOVED_TAGS = frozenset((0x00100033, 0x00100034, 0x00100035, 0x0008040
 # equal one word of a name (designator TEST, patient Test^S R).
 CODE_ITEM_TAGS = frozenset((0x00080100, 0x00080102, 0x00080103, 0x00080119, 0x00080122, 0x00080115,
                             0x00080116))
+# The maker of a device, its model and software (unlisted): often the institution's own name in a
+# vendor's test site ("Philips"), never checked for the institution's or address's words
+DEVICE_TAGS = frozenset((0x00080070, 0x00081090, 0x00181020))
 NUMERIC_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"}
 BYTES_VRS = {"OB", "OW", "OD", "OF", "OL", "OV", "UN"}
 
@@ -566,7 +569,8 @@ class Scrubber:
         cleaned only when it names a known identifier, since the PHI patterns would take codes
         and version numbers for IDs and addresses; a value that still names one is replaced.
         A name word under 3 letters counts there only standing alone (``OB`` is not named by
-        ``OB_GENERAL``). The coded parts of a code item (CODE_ITEM_TAGS) are kept unless they
+        ``OB_GENERAL``); the known birth date, phones and the words of the address and institution
+        count too, except in the device's maker, model and software (DEVICE_TAGS). The coded parts of a code item (CODE_ITEM_TAGS) are kept unless they
         hold a known ID or a known person's name, and are then replaced whole."""
         values = [str(v) for v in elem.value] if elem.VM > 1 else [str(elem.value)]
         if tag in CODE_ITEM_TAGS:
@@ -574,8 +578,8 @@ class Scrubber:
                 elem.value = [TEXT_DUMMY] * len(values) if elem.VM > 1 else TEXT_DUMMY
                 ctx.replaced += 1
             return
-        mode = "long" if vr in LONG_TEXT_VRS else "short"
-        if mode == "short" and not any(self._mentions_known(v, ctx, mode) for v in values):
+        mode = "long" if vr in LONG_TEXT_VRS else "device" if tag in DEVICE_TAGS else "short"
+        if mode != "long" and not any(self._mentions_known(v, ctx, mode) for v in values):
             return
         cleaned = [self._clean_text(v, ctx) for v in values]
         cleaned = [TEXT_DUMMY if self._mentions_known(v, ctx, mode) else v for v in cleaned]
@@ -583,7 +587,8 @@ class Scrubber:
             elem.value = cleaned if elem.VM > 1 else cleaned[0]
             ctx.replaced += 1
 
-    _MENTION_MODES = {"long": {}, "short": {"short_glued": False}, "code": {"name_words": 2, "short_glued": False}}
+    _MENTION_MODES = {"long": {}, "short": {"short_glued": False}, "device": {"short_glued": False},
+                      "code": {"name_words": 2, "short_glued": False}}
 
     def _mentions_known(self, text: str, ctx: ScrubContext, mode: str = "long") -> bool:
         """Does ``text`` name one of the instance's known identifiers (memoised per known set)."""
@@ -600,7 +605,8 @@ class Scrubber:
         if hit is None:
             if len(self._mentions_cache) >= 20_000:
                 self._mentions_cache.clear()
-            hit = self._mentions_cache[key] = mentions_known(text, ctx.known, tokens, **self._MENTION_MODES[mode])
+            hit = self._mentions_cache[key] = (mentions_known(text, ctx.known, tokens, **self._MENTION_MODES[mode])
+                                               or (mode == "short" and mentions_known_details(text, ctx.known)))
         return hit
 
     def _clean_text_value(self, elem: DataElement, ctx: ScrubContext):

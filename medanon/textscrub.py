@@ -1741,6 +1741,50 @@ def mentions_known(text: str, known: KnownIdentifiers | None,
     return False
 
 
+_DIGIT_RUN = re.compile(r"\d(?:[\d./ -]*\d)?")
+_ADDRESS_COMMON = frozenset(w.casefold() for w in _SUFFIX_FULL.split("|")) | {
+    "apartment", "suite", "floor", "unit", "north", "south", "east", "west", "city", "county", "state"}
+
+
+@functools.lru_cache(maxsize=1024)
+def _detail_needles(dates: tuple, phones: tuple, addresses: tuple, institutions: tuple):
+    digits: set[str] = set()
+    for d in dates:
+        d = re.sub(r"\D", "", d or "")
+        if len(d) == 8:
+            digits |= {d, d[6:8] + d[4:6] + d[:4], d[4:6] + d[6:8] + d[:4]}  # YYYYMMDD, DDMMYYYY, MMDDYYYY
+    for p in phones:
+        p = re.sub(r"\D", "", p or "")
+        if len(p) >= 7:
+            digits.add(p[-7:])
+    words: set[str] = set()
+    for a in addresses:
+        for tm in _TOKEN_RE.finditer(a or ""):
+            n = _norm(tm.group())
+            if len(n) >= 4 and n not in _ADDRESS_COMMON and n not in NEVER_NAME:
+                words.add(n)
+    for inst in institutions:
+        words |= {_norm(w) for w in _distinctive_institution_words((inst or "").split())}
+    return frozenset(digits), frozenset(words)
+
+
+def mentions_known_details(text: str, known: KnownIdentifiers | None) -> bool:
+    """Does ``text`` hold the known birth date (YYYYMMDD, DD.MM.YYYY, MM/DD/YYYY…), a known phone
+    number, or a distinctive word of a known address or institution?"""
+    if not text or known is None:
+        return False
+    digits, words = _detail_needles(tuple(known.dates), tuple(known.phones), tuple(known.addresses),
+                                    tuple(known.institutions))
+    if digits:
+        for m in _DIGIT_RUN.finditer(text):
+            run = re.sub(r"\D", "", m.group())
+            if any(d in run for d in digits):
+                return True
+    if words:
+        return any(_norm(tm.group()) in words for tm in _TOKEN_RE.finditer(strip_invisible(text)))
+    return False
+
+
 def _glued(text: str, start: int, end: int) -> bool:
     """Is text[start:end] joined to a digit, an underscore or a dot (part of a code)?"""
     before = text[start - 1] if start else " "

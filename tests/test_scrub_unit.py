@@ -641,3 +641,29 @@ def test_safe_private_slots_without_a_vr_and_opaque_ones():
     b2.add_new(0x01, "OB", b"\x01\x02acoustic\x00")  # nothing known in it: kept
     for data in _outputs(_explicit_bytes(ds2), PROFILES["research"]):
         assert pydicom.dcmread(io.BytesIO(data)).private_block(0x0119, "SIEMENS Ultrasound SC2000")[0x01].value
+
+
+@pytest.mark.parametrize("profile", ["research", "basic"])
+def test_short_unlisted_strings_lose_the_known_birth_date_phone_address_and_institution(profile):
+    """Audit 2, DICOM #3: Content Description, LUT Explanation, Window Center & Width Explanation
+    and Acquisition Protocol Name are not in Table E.1-1; one holding the patient's birth date
+    (in any spelling), phone, or a word of the address or institution is cleaned. Ordinary values
+    are kept."""
+    ds = _mr_with()
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Qxzwv^Brenda", "MRN7733421", "19300215"
+    ds.PatientTelephoneNumbers = "555-201-7788"
+    ds.PatientAddress = "12 Larkspur Lane^^Hobbsville^OH^44123"
+    ds.InstitutionName = "St Ophelia General Hospital"
+    ds.add_new(0x00700081, "LO", "born 15.02.1930")  # Content Description
+    ds.add_new(0x00283003, "LO", "call 555 201 7788")  # LUT Explanation
+    ds.add_new(0x00281055, "LO", ["Hobbsville protocol", "W 400 L 40"])  # Window C&W Explanation
+    ds.add_new(0x00189423, "LO", "Ophelia head routine")  # Acquisition Protocol Name
+    outs = _outputs(_explicit_bytes(ds), PROFILES[profile])
+    _assert_absent(outs, ["1930", "201 7788", "Hobbsville", "Ophelia"])
+    for data in outs:
+        assert list(pydicom.dcmread(io.BytesIO(data))[0x00281055].value)[1] == "W 400 L 40"
+    # the device's maker is not the institution's name, even where a vendor's test site says so
+    path = get_testdata_file("OBXXXX1A.dcm")
+    assert pydicom.dcmread(path).InstitutionName == "Philips Healthcare"
+    for data in _outputs(open(path, "rb").read(), PROFILES[profile]):
+        assert pydicom.dcmread(io.BytesIO(data)).Manufacturer == "Philips Medical Systems"
