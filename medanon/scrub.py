@@ -82,7 +82,7 @@ CONTENT_ITEM_VALUE_TAGS = frozenset((0x0040A160, 0x0040A123, 0x0040A121, 0x0040A
 # ScrubContext of an instance is a function of these elements' bytes, the profile and the key.
 CONTEXT_INPUT_TAGS = frozenset(_KNOWN_PN_TAGS + _KNOWN_ID_TAGS + _KNOWN_ADDRESS_TAGS + _KNOWN_PHONE_TAGS
                                + _KNOWN_SEQ_TAGS + (0x00100021, 0x00100030, 0x00080080, 0x00081040, 0x00081010,
-                                                    0x0020000D))
+                                                    0x0020000D, 0x00380300))
 # Read besides the element being scrubbed (context_for, known_identifiers, the file meta, the
 # encoder's character set, the manifest row): never copied past the scrubber.
 CONTEXT_TAGS = CONTEXT_INPUT_TAGS | {0x00080005, 0x00080016, 0x00080018, 0x00080060, 0x0020000E}
@@ -828,7 +828,10 @@ def known_identifiers(ds: Dataset, pseudo: Pseudonymizer | None = None, patient_
         k.addresses += values(t)
     for t in _KNOWN_PHONE_TAGS:
         k.phones += values(t)
-    k.institutions += values(0x00080080) + values(0x00081040) + values(0x00081010)
+    # institution, department, station; the issuer of the patient's ID and the patient's current
+    # location (a hospital's or ward's name) too
+    k.institutions += (values(0x00080080) + values(0x00081040) + values(0x00081010) + values(0x00100021)
+                       + values(0x00380300))
     for t in _KNOWN_SEQ_TAGS:
         if t in present:
             _known_in_items(ds[t], k, 0)

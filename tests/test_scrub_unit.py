@@ -667,3 +667,17 @@ def test_short_unlisted_strings_lose_the_known_birth_date_phone_address_and_inst
     assert pydicom.dcmread(path).InstitutionName == "Philips Healthcare"
     for data in _outputs(open(path, "rb").read(), PROFILES[profile]):
         assert pydicom.dcmread(io.BytesIO(data)).Manufacturer == "Philips Medical Systems"
+
+
+def test_the_issuer_of_the_patient_id_and_the_current_location_are_known_institutions():
+    """Audit 2, reports #12: a hospital named in the header only as the Issuer of Patient ID, or a
+    ward only as the Current Patient Location, is cleaned from text like the institution."""
+    from medanon.scrub import known_identifiers
+    from medanon.textscrub import clean_text
+
+    ds = _mr_with()
+    ds.IssuerOfPatientID = "Wexbury Lakeside"
+    ds.add_new(0x00380300, "LO", "Larchmont Ward 5B")  # Current Patient Location
+    k = known_identifiers(ds)
+    out = clean_text("Outside films from Wexbury Lakeside. Seen on Larchmont Ward 5B.", k, None)
+    assert "Wexbury" not in out and "Larchmont" not in out, out
