@@ -696,7 +696,7 @@ _KEEP, _ID, _NAME, _DATE, _DOB, _TEXT, _CODED, _ADDR, _PHONE, _INST, _VALUE = (
     "keep", "id", "name", "date", "dob", "text", "coded", "addr", "phone", "inst", "value")
 _RULES: dict[str, dict[int, str]] = {
     "MSH": {3: _INST, 4: _INST, 5: _INST, 6: _INST, 7: _DATE, 9: _KEEP, 10: _ID, 11: _KEEP, 12: _KEEP,
-            13: _KEEP, 14: _KEEP, 15: _KEEP, 16: _KEEP, 17: _KEEP, 18: _KEEP, 19: _KEEP, 20: _KEEP, 21: _KEEP,
+            13: _KEEP, 14: _KEEP, 15: _KEEP, 16: _KEEP, 17: _KEEP, 18: _KEEP, 19: _KEEP, 20: _KEEP, 21: _CODED,
             22: _INST, 23: _INST},
     "PID": {1: _KEEP, 2: _ID, 3: _ID, 4: _ID, 5: _NAME, 6: _NAME, 7: _DOB, 8: _KEEP, 9: _NAME, 10: _KEEP,
             11: _ADDR, 13: _PHONE, 14: _PHONE, 15: _KEEP, 16: _KEEP, 17: _KEEP, 18: _ID, 19: _ID, 20: _ID,

@@ -463,3 +463,14 @@ def test_reports_in_a_code_page_latin1_does_not_read_are_quarantined():
     de = "Befund: Frau Müller-Größe kam \u201cpünktlich\u201d.\n".encode("cp1252")
     out = scrub_report(parse_report(de, "r.txt"), KnownIdentifiers(person_names=["MÜLLER-GRÖSSE^ANNA"]), None)
     assert b"Befund" in out and "Müller".encode() not in out
+
+
+def test_hl7_message_profile_identifier_loses_a_known_institution():
+    """Audit 2, reports #15: MSH-21 (Message Profile Identifier) was kept verbatim; its components
+    are now checked like a coded field's, and a plain profile id stays."""
+    msh = _MSH + "|" * 9 + "RADRPT^Larchmont Abbey Hospital^2.16.840.1.113883.9.1^ISO"  # MSH-21
+    out = scrub_report(parse_report(_hl7([msh, r"PID|1||P1^^^MRN^MR||DOE^JANE",
+                                          r"OBX|1|TX|^IMPRESSION||Normal.||||||F"]), "x.hl7"),
+                       KnownIdentifiers(institutions=["Larchmont Abbey Hospital"]), None)
+    msh_out = _segments(out)["MSH"][0]
+    assert "Larchmont" not in out.decode() and msh_out[20].startswith("RADRPT^")
