@@ -59,13 +59,14 @@ class KnownIdentifiers:
     phones: list[str] = field(default_factory=list)
     institutions: list[str] = field(default_factory=list)
     replacements: dict[str, str] = field(default_factory=dict)  # original id -> pseudonym
+    exam_dates: list[str] = field(default_factory=list)  # DICOM DA of the study: shifted in any spelling
 
     def merged(self, other: "KnownIdentifiers | None") -> "KnownIdentifiers":
         """A new instance holding the union of both (self's replacements win)."""
         if other is None:
             return KnownIdentifiers(
                 list(self.person_names), list(self.ids), list(self.dates), list(self.addresses),
-                list(self.phones), list(self.institutions), dict(self.replacements),
+                list(self.phones), list(self.institutions), dict(self.replacements), list(self.exam_dates),
             )
 
         def u(a, b):
@@ -81,7 +82,7 @@ class KnownIdentifiers:
         return KnownIdentifiers(
             u(self.person_names, other.person_names), u(self.ids, other.ids), u(self.dates, other.dates),
             u(self.addresses, other.addresses), u(self.phones, other.phones),
-            u(self.institutions, other.institutions), rep,
+            u(self.institutions, other.institutions), rep, u(self.exam_dates, other.exam_dates),
         )
 
 
@@ -964,7 +965,44 @@ def _known_ids(ctx: _Ctx, known: KnownIdentifiers):
 _KNOWN_DATE_FORMATS = ["{Y}{m}{d}", "{m}{d}{Y}", "{d}{m}{Y}", "{m}{d}{y}", "{d}{m}{y}", "{y}{m}{d}",
                        "{d}.{m}.{y}", "{D}.{M}.{y}", "{m}-{d}-{y}", "{Y}{m}", "{d}/{m}/{y}",
                        "{m}/{d}/{Y}", "{M}/{D}/{Y}", "{d}/{m}/{Y}", "{D}/{M}/{Y}", "{Y}-{m}-{d}", "{Y}/{m}/{d}",
-                       "{d}.{m}.{Y}", "{D}.{M}.{Y}", "{m}-{d}-{Y}", "{d}-{m}-{Y}", "{m}/{d}/{y}", "{M}/{D}/{y}"]
+                       "{d}.{m}.{Y}", "{D}.{M}.{Y}", "{m}-{d}-{Y}", "{d}-{m}-{Y}", "{m}/{d}/{y}", "{M}/{D}/{y}",
+                       "{M}-{D}-{y}", "{D}-{M}-{y}", "{D}/{M}/{y}", "{M}-{D}-{Y}", "{D}-{M}-{Y}"]
+
+
+# The study's own dates in spellings the date detector does not read, shifted (or replaced):
+# "15 03 2019", "2019年3月15日", "20190315T101500", "March the 15th, 2019", "15 de marzo de 2019"
+_EXAM_DATE_FORMATS = ["{d} {m} {Y}", "{D} {M} {Y}", "{Y}年{M}月{D}日", "{Y}年{m}月{d}日", "{Y}{m}{d}T",
+                      "{Mon} the {D}{th}, {Y}", "{Mon} the {D}{th} {Y}", "{D} de {mes} de {Y}", "{d}.{m}.{y}",
+                      "{D}.{M}.{y}", "{d}/{m}/{y}", "{M}-{D}-{y}", "{D}-{M}-{y}", "{Y}.{m}.{d}", "{d}-{m}-{Y}"]
+_EN_MONTH_NAMES = _MONTH_TABLES["en_full"]
+_ES_MONTH_NAMES = ["enero", "febrero", "marzo", "abril", "mayo", "junio", "julio", "agosto", "septiembre",
+                   "octubre", "noviembre", "diciembre"]
+
+
+def _date_parts(raw: str) -> tuple[date, dict] | None:
+    v = re.sub(r"\D", "", raw or "")[:8]
+    if len(v) != 8:
+        return None
+    try:
+        dd = date(int(v[:4]), int(v[4:6]), int(v[6:8]))
+    except ValueError:
+        return None
+    th = "th" if 10 <= dd.day % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(dd.day % 10, "th")
+    return dd, {"Y": f"{dd.year:04d}", "y": f"{dd.year % 100:02d}", "m": f"{dd.month:02d}", "d": f"{dd.day:02d}",
+                "M": str(dd.month), "D": str(dd.day), "Mon": _EN_MONTH_NAMES[dd.month - 1],
+                "mes": _ES_MONTH_NAMES[dd.month - 1], "th": th}
+
+
+def _known_exam_dates(ctx: _Ctx, known: KnownIdentifiers):
+    for raw in known.exam_dates:
+        parts = _date_parts(raw)
+        if parts is None:
+            continue
+        for fmt in _EXAM_DATE_FORMATS:
+            lit = fmt.format(**parts[1])
+            for m in re.finditer(rf"(?<![\w.]){re.escape(lit)}(?![\w]|\.\d)" if not lit.endswith("T")
+                                 else rf"(?<![\w.]){re.escape(lit)}\d{{0,6}}", ctx.text, re.I):
+                ctx.add(m.start(), m.end(), "DATE")
 
 
 def _known_dates(ctx: _Ctx, known: KnownIdentifiers):
@@ -1669,6 +1707,7 @@ def find_phi_spans(text: str, known: KnownIdentifiers | None = None) -> list[Spa
     if known is not None:
         _known_ids(ctx, known)
         _known_dates(ctx, known)
+        _known_exam_dates(ctx, known)
         _known_addresses(ctx, known)
         _known_phones(ctx, known)
         _known_institutions(ctx, known)

@@ -341,3 +341,16 @@ def test_decomposed_accents_and_a_tatweel_do_not_hide_a_known_name():
     out = clean_text(text + " Mu\u0640ller.", k, None)
     for leak in ("ller", "bner", "Ren", "Nov"):
         assert leak not in unicodedata.normalize("NFC", out), out
+
+
+def test_the_study_dates_and_the_birth_date_in_spellings_the_detector_does_not_read():
+    """Audit 2, reports #6 and #13: the exam date (known from the study's header) written
+    "15 03 2019", "2019年3月15日", "20190315T101500", "March the 15th, 2019" or "15 de marzo de
+    2019" is replaced (never left unshifted); the birth date written "12-3-61" is removed."""
+    k = KnownIdentifiers(exam_dates=["20190315"], dates=["19611203"])
+    text = ("Exam 15 03 2019, 2019年3月15日, 20190315T101500, March the 15th, 2019 and 15 de marzo de 2019. "
+            "Born 12-3-61. Prior 03/15/2018.")
+    out = clean_text(text, k, -10)
+    for leak in ("2019", "15th", "marzo", "61"):
+        assert leak not in out, (leak, out)
+    assert "03/05/2018" in out  # an ordinary date is shifted as before
