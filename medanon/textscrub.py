@@ -320,7 +320,7 @@ def strip_invisible(s: str) -> str:
 
 
 def _norm(tok: str) -> str:
-    t = _strip_accents(strip_invisible(tok)).replace("\u2019", "'").casefold()
+    t = _strip_accents(strip_invisible(tok)).replace("\u2019", "'").replace("\u02bc", "'").casefold()
     if t.endswith("'s"):
         t = t[:-2]
     return t
@@ -1196,6 +1196,9 @@ def _common_word_names_someone(text: str, t: _Tok) -> bool:
     return bool(before) and before[-1] not in ".!?:;\n-*#>(\"'"
 
 
+_LINE_BREAK_HYPHEN = re.compile(r"([^\W\d_]+)-[ \t]*\r?\n[ \t]*([^\W\d_]+)")
+
+
 def _known_names(ctx: _Ctx, known: KnownIdentifiers):
     strong: dict[str, str] = {}  # norm -> "family" | "given" | "middle"
     weak: set[str] = set()
@@ -1242,6 +1245,10 @@ def _known_names(ctx: _Ctx, known: KnownIdentifiers):
     if not strong:
         return
     toks, text = ctx.toks, ctx.text
+    # a known name hyphenated at a line's end ("Garneth-" / "waite")
+    for m in _LINE_BREAK_HYPHEN.finditer(text):
+        if _norm(m.group(1) + m.group(2)) in strong:
+            ctx.add(m.start(1), m.end(2), "KNAME")
 
     def role_of(t: _Tok) -> str | None:
         if t.norm in strong:

@@ -354,3 +354,12 @@ def test_the_study_dates_and_the_birth_date_in_spellings_the_detector_does_not_r
     for leak in ("2019", "15th", "marzo", "61"):
         assert leak not in out, (leak, out)
     assert "03/05/2018" in out  # an ordinary date is shifted as before
+
+
+def test_a_known_name_hyphenated_across_lines_or_with_a_modifier_apostrophe():
+    """Audit 2, reports #11: "Garneth-" / "waite" (hyphenated at a line's end) and O\u02bcQuarrell
+    (U+02BC for the apostrophe) are the known names; "Well-" / "known" stays."""
+    k = KnownIdentifiers(person_names=["GARNETHWAITE^ODO", "O'QUARRELL^TESS"])
+    out = clean_text("Seen by Garneth-\nwaite today. O\u02bcQuarrell agreed. Well-\nknown lesion.", k, None)
+    assert "Garneth" not in out and "waite" not in out and "Quarrell" not in out
+    assert "Well-\nknown lesion." in out
