@@ -606,7 +606,8 @@ def shift_da(value: str, days: int) -> str:
 
 # --------------------------------------------------------------------------- regex detectors
 
-_EMAIL_RE = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_EMAIL_RE = re.compile(r"(?<![\w.+-])(?:[\w.+-]+@[\w-]+(?:\.[\w-]+)+"
+                       r"|[A-Za-z][\w.+-]{3,}@[A-Za-z][\w-]{3,}(?![\w@]|\.\w))")  # "user@host" too, not "mg@hs"
 _URL_RE = re.compile(r"(?:\b(?:https?|ftp|sftp|dicom|file)://|\bwww\.)[^\s<>\"'\]\)]+", re.I)
 _HOST_RE = re.compile(
     r"(?<![\w@.-])(?:[A-Za-z0-9-]+\.)+(?:com|org|net|edu|gov|mil|io|info|biz|us|uk|de|fr|ca|au|nl|ch|at|"
@@ -1239,6 +1240,9 @@ def _known_names(ctx: _Ctx, known: KnownIdentifiers):
             if cat_f and cat_g and not _CJK_RE.search(cat_f + cat_g):
                 strong.setdefault(cat_f + cat_g, "family")
                 strong.setdefault(cat_g + cat_f, "family")
+                if len(cat_f) >= 4:  # a login or mailbox: "bplumwick", "PlumwickB"
+                    strong.setdefault(cat_g[0] + cat_f, "family")
+                    strong.setdefault(cat_f + cat_g[0], "family")
     for s in cjk:
         for m in re.finditer(re.escape(s), ctx.text):
             ctx.add(m.start(), m.end(), "KNAME")

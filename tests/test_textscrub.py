@@ -363,3 +363,12 @@ def test_a_known_name_hyphenated_across_lines_or_with_a_modifier_apostrophe():
     out = clean_text("Seen by Garneth-\nwaite today. O\u02bcQuarrell agreed. Well-\nknown lesion.", k, None)
     assert "Garneth" not in out and "waite" not in out and "Quarrell" not in out
     assert "Well-\nknown lesion." in out
+
+
+def test_a_known_surname_glued_to_an_initial_and_a_mailbox_without_a_domain():
+    """Audit 2, reports #9: "bplumwick", "PlumwickB" (a login) and "hhobsworthy@mercyrad" (a
+    mailbox on an internal host) go; "5 mg@night" stays."""
+    k = KnownIdentifiers(person_names=["PLUMWICK^BRENDA", "HOBSWORTHY^HAROLD"])
+    out = clean_text("Portal user bplumwick (PlumwickB), e-mailed to hhobsworthy@mercyrad. Dose 5 mg@night.", k, None)
+    assert "lumwick" not in out and "obsworthy" not in out and "mercyrad" not in out, out
+    assert out.endswith("Dose 5 mg@night.")
