@@ -607,8 +607,10 @@ class Scrubber:
         if hit is None:
             if len(self._mentions_cache) >= 20_000:
                 self._mentions_cache.clear()
-            hit = self._mentions_cache[key] = (mentions_known(text, ctx.known, tokens, **self._MENTION_MODES[mode])
-                                               or (mode == "short" and mentions_known_details(text, ctx.known)))
+            hit = self._mentions_cache[key] = (
+                mentions_known(text, ctx.known, tokens, **self._MENTION_MODES[mode])
+                or (mode == "short" and mentions_known_details(text, ctx.known))
+                or (mode in ("short", "code") and _holds_own_uid(text)))
         return hit
 
     def _clean_text_value(self, elem: DataElement, ctx: ScrubContext):
@@ -728,6 +730,14 @@ def _from_un(ds: Dataset, tag) -> DataElement | None:
         if any(_NOT_TEXT.search(str(v).rstrip("\x00 ")) for v in values if v is not None):
             return None
     return elem
+
+
+_UID_IN_TEXT = re.compile(r"(?<![\w.])[0-2](?:\.(?:0|[1-9]\d*)){3,}(?![\w]|\.\d)")
+
+
+def _holds_own_uid(text: str) -> bool:
+    """A UID in free text that the standard does not register (an instance's, a study's…)."""
+    return any(not _registered(m.group()) for m in _UID_IN_TEXT.finditer(text)) if "." in text else False
 
 
 def _raw_vr(ds: Dataset, tag) -> str | None:

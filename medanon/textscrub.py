@@ -1819,12 +1819,12 @@ def _detail_needles(dates: tuple, phones: tuple, addresses: tuple, institutions:
 
 
 def mentions_known_details(text: str, known: KnownIdentifiers | None) -> bool:
-    """Does ``text`` hold the known birth date (YYYYMMDD, DD.MM.YYYY, MM/DD/YYYY…), a known phone
-    number, or a distinctive word of a known address or institution?"""
+    """Does ``text`` hold the known birth date or a date of the study (YYYYMMDD, DD.MM.YYYY,
+    MM/DD/YYYY…), a known phone number, or a distinctive word of a known address or institution?"""
     if not text or known is None:
         return False
-    digits, words = _detail_needles(tuple(known.dates), tuple(known.phones), tuple(known.addresses),
-                                    tuple(known.institutions))
+    digits, words = _detail_needles(tuple(known.dates) + tuple(known.exam_dates), tuple(known.phones),
+                                    tuple(known.addresses), tuple(known.institutions))
     if digits:
         for m in _DIGIT_RUN.finditer(text):
             run = re.sub(r"\D", "", m.group())

@@ -681,3 +681,30 @@ def test_the_issuer_of_the_patient_id_and_the_current_location_are_known_institu
     k = known_identifiers(ds)
     out = clean_text("Outside films from Wexbury Lakeside. Seen on Larchmont Ward 5B.", k, None)
     assert "Wexbury" not in out and "Larchmont" not in out, out
+
+
+@pytest.mark.parametrize("profile", ["research", "basic"])
+def test_short_unlisted_strings_and_codes_lose_original_uids_and_the_exam_date(profile):
+    """Audit 2, DICOM #4: the original Study UID in a Code Meaning, the original Series UID in a
+    Long Code Value, the real exam date in an Acquisition Protocol Name: none goes out as it was
+    (the date is shifted or replaced). A registered UID in a Code Meaning stays."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = _mr_with()
+    ds.StudyDate = "20190315"
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.99.77.3311"
+    ds.SeriesInstanceUID = PHI_SERIES_UID
+    a, b, c = Dataset(), Dataset(), Dataset()
+    a.CodeValue, a.CodingSchemeDesignator, a.CodeMeaning = "X1", "99LOCAL", "study 1.2.826.0.1.3680043.99.77.3311"
+    b.add_new(0x00080119, "UC", PHI_SERIES_UID)  # Long Code Value
+    b.CodingSchemeDesignator, b.CodeMeaning = "99LOCAL", "series"
+    c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning = "113040", "DCM", "per 1.2.840.10008.1.2.1"
+    ds.AnatomicRegionSequence = Sequence([a, b, c])
+    ds.add_new(0x00189423, "LO", "HEAD 20190315 routine")  # Acquisition Protocol Name
+    outs = _outputs(_explicit_bytes(ds), PROFILES[profile])
+    _assert_absent(outs, ["1.2.826.0.1.3680043.99.77.3311", PHI_SERIES_UID, "20190315"])
+    for data in outs:
+        out = pydicom.dcmread(io.BytesIO(data))
+        assert out.AnatomicRegionSequence[2].CodeMeaning == "per 1.2.840.10008.1.2.1"
+        assert out[0x00189423].value.startswith("HEAD ")
