@@ -929,11 +929,16 @@ def _alnum(s: str) -> str:
     return re.sub(r"[^0-9a-z]", "", _strip_accents(s).casefold())
 
 
+# separators written inside an ID or a phone: ASCII ones and the Unicode dashes and hyphens
+_DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212"
+_ID_SEP = rf"[\s\-./_{_DASHES}]?"
+
+
 def _id_regex(norm: str) -> re.Pattern:
-    body = r"[\s\-./_]?".join(re.escape(c) for c in norm)
+    body = _ID_SEP.join(re.escape(c) for c in norm)
     lead = r"0*" if norm[:1].isdigit() else ""
     if not any(c.isdigit() for c in norm):  # a word-like id ("RESEARCH01" has digits; "ANONPAT" not):
-        body = r"[\s\-./_]?".join(re.escape(c.upper()) for c in norm)  # only its upper-case spelling
+        body = _ID_SEP.join(re.escape(c.upper()) for c in norm)  # only its upper-case spelling
         return re.compile(rf"(?<![A-Za-z0-9]){body}(?![A-Za-z0-9])")
     return re.compile(rf"(?<![A-Za-z0-9]){lead}{body}(?![A-Za-z0-9])", re.I)
 
@@ -1073,13 +1078,20 @@ def _known_addresses(ctx: _Ctx, known: KnownIdentifiers):
 
 def _known_phones(ctx: _Ctx, known: KnownIdentifiers):
     for raw in known.phones:
-        digits = re.sub(r"\D", "", raw or "")
+        raw = (raw or "").strip()
+        digits = re.sub(r"\D", "", raw)
         if len(digits) == 11 and digits.startswith("1"):
             digits = digits[1:]
+        elif raw.startswith(("+", "00")) and len(digits) >= 10:
+            # international: the national number after the country code (1-3 digits), written at
+            # home with a trunk 0 ("+44 20 7946 0958" is "020 7946 0958")
+            cc = re.match(r"\+?(?:00)?\s*(\d{1,3})[\s\-.(]", raw)
+            if cc and digits.startswith(("00" if raw.startswith("00") else "") + cc.group(1)):
+                digits = digits[len(cc.group(1)) + (2 if raw.startswith("00") else 0):]
         if len(digits) < 7:
             continue
-        body = r"[\s\-.()/]*".join(re.escape(c) for c in digits)
-        pat = re.compile(rf"(?<!\d)(?:\+?\d{{1,3}}[\s\-.]*)?\(?{body}(?!\d)")
+        body = rf"[\s\-.()/{_DASHES}]*".join(re.escape(c) for c in digits)
+        pat = re.compile(rf"(?<!\d)(?:(?:\+|00)?\d{{1,3}}[\s\-.{_DASHES}]*|0[\s\-.]*)?\(?(?:0[\s\-.)]*)?{body}(?!\d)")
         for m in pat.finditer(ctx.text):
             ctx.add(m.start(), m.end(), "PHONE")
 

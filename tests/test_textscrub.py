@@ -372,3 +372,12 @@ def test_a_known_surname_glued_to_an_initial_and_a_mailbox_without_a_domain():
     out = clean_text("Portal user bplumwick (PlumwickB), e-mailed to hhobsworthy@mercyrad. Dose 5 mg@night.", k, None)
     assert "lumwick" not in out and "obsworthy" not in out and "mercyrad" not in out, out
     assert out.endswith("Dose 5 mg@night.")
+
+
+def test_a_known_phone_written_nationally_and_an_mrn_with_a_unicode_dash():
+    """Audit 2, reports #8: a header phone in international form ("+44 20 7946 0958") written in
+    the text with the trunk 0 ("020 7946 0958"), and the MRN written with an en dash."""
+    k = KnownIdentifiers(phones=["+44 20 7946 0958", "+49 30 4431 7722"], ids=["7733480"])
+    out = clean_text("Call 020 7946 0958, 030 4431 7722 or 0044 20 7946 0958. MRN 773\u20133480.", k, None)
+    for leak in ("7946", "4431", "3480"):
+        assert leak not in out, out
