@@ -83,7 +83,7 @@ CONTENT_ITEM_VALUE_TAGS = frozenset((0x0040A160, 0x0040A123, 0x0040A121, 0x0040A
 CONTEXT_INPUT_TAGS = frozenset(_KNOWN_PN_TAGS + _KNOWN_ID_TAGS + _KNOWN_ADDRESS_TAGS + _KNOWN_PHONE_TAGS
                                + _KNOWN_SEQ_TAGS + (0x00100021, 0x00100030, 0x00080080, 0x00081040, 0x00081010,
                                                     0x0020000D, 0x00380300, 0x00080020, 0x00080021,
-                                                    0x00080022, 0x00080023))
+                                                    0x00080022, 0x00080023, 0x00101010))
 # Read besides the element being scrubbed (context_for, known_identifiers, the file meta, the
 # encoder's character set, the manifest row): never copied past the scrubber.
 CONTEXT_TAGS = CONTEXT_INPUT_TAGS | {0x00080005, 0x00080016, 0x00080018, 0x00080060, 0x0020000E}
@@ -142,7 +142,7 @@ def _known_key(ctx: ScrubContext) -> tuple:
         k = ctx.known
         ctx.known_key = (tuple(k.person_names), tuple(k.ids), tuple(k.dates), tuple(k.addresses),
                          tuple(k.phones), tuple(k.institutions), tuple(sorted(k.replacements.items())),
-                         tuple(k.exam_dates))
+                         tuple(k.exam_dates), tuple(k.ages))
     return ctx.known_key
 
 
@@ -838,6 +838,10 @@ def known_identifiers(ds: Dataset, pseudo: Pseudonymizer | None = None, patient_
     k.dates += values(0x00100030)
     k.exam_dates += [v for t in (0x00080020, 0x00080021, 0x00080022, 0x00080023) for v in values(t)
                      if v not in k.exam_dates]
+    for age in values(0x00101010):  # Patient's Age over 89: the number is an identifier in text
+        m = re.fullmatch(r"\s*0*(\d{1,3})\s*Y\s*", age, re.I)
+        if m and int(m.group(1)) >= 90:
+            k.ages.append(m.group(1))
     for t in _KNOWN_ADDRESS_TAGS:
         k.addresses += values(t)
     for t in _KNOWN_PHONE_TAGS:

@@ -60,6 +60,7 @@ class KnownIdentifiers:
     institutions: list[str] = field(default_factory=list)
     replacements: dict[str, str] = field(default_factory=dict)  # original id -> pseudonym
     exam_dates: list[str] = field(default_factory=list)  # DICOM DA of the study: shifted in any spelling
+    ages: list[str] = field(default_factory=list)  # the patient's age in years when over 89 ("93")
 
     def merged(self, other: "KnownIdentifiers | None") -> "KnownIdentifiers":
         """A new instance holding the union of both (self's replacements win)."""
@@ -67,6 +68,7 @@ class KnownIdentifiers:
             return KnownIdentifiers(
                 list(self.person_names), list(self.ids), list(self.dates), list(self.addresses),
                 list(self.phones), list(self.institutions), dict(self.replacements), list(self.exam_dates),
+                list(self.ages),
             )
 
         def u(a, b):
@@ -83,6 +85,7 @@ class KnownIdentifiers:
             u(self.person_names, other.person_names), u(self.ids, other.ids), u(self.dates, other.dates),
             u(self.addresses, other.addresses), u(self.phones, other.phones),
             u(self.institutions, other.institutions), rep, u(self.exam_dates, other.exam_dates),
+            u(self.ages, other.ages),
         )
 
 
@@ -659,7 +662,8 @@ _AGE_RES = [
     re.compile(r"(?<![\w.])(?P<n>(?:9\d|1[0-3]\d)\s?(?:y|yrs?|years?))(?![\w/])(?![ \t-]*(?:old|of\s+age)\b)",
                re.I),  # "92y", "92 yrs" ("92 year old" is the rules' above: the number alone goes)
     re.compile(r"(?<![\w.])(?P<n>9\d|1[0-3]\d)\s*-?\s*(?:year|yr)s?\s*-?\s*old\b", re.I),
-    re.compile(r"(?<![\w.])(?P<n>9\d|1[0-3]\d)(?:\s*|-)(?:jährige[rn]?|ans)\b", re.I),
+    re.compile(r"(?<![\w.])(?P<n>9\d|1[0-3]\d)(?:\s*|-)(?:jährige[rn]?|ans|años|anni|jaar|Jahre)\b", re.I),
+    re.compile(r"(?<![\w.])(?P<n>9\d|1[0-3]\d)\s?(?:歳|才)"),
     # spelled out: "is ninety-two", "aged one hundred and one", "ninety-two years old"
     re.compile(rf"(?:(?<![\w])(?:is|aged?|turned|now)[ \t]+(?P<n>{_AGE_WORDS})(?![\w-])(?!{_NOT_AGE_AFTER})"
                rf"|(?<![\w-])(?P<m>{_AGE_WORDS})(?=[ \t-]*(?:years?|yrs?)[ \t-]*old\b))", re.I),
@@ -1009,6 +1013,16 @@ def _known_exam_dates(ctx: _Ctx, known: KnownIdentifiers):
             for m in re.finditer(rf"(?<![\w.]){re.escape(lit)}(?![\w]|\.\d)" if not lit.endswith("T")
                                  else rf"(?<![\w.]){re.escape(lit)}\d{{0,6}}", ctx.text, re.I):
                 ctx.add(m.start(), m.end(), "DATE")
+
+
+def _known_ages(ctx: _Ctx, known: KnownIdentifiers):
+    """The patient's age over 89 written as clinical shorthand: "93F", "Pt 93 F", "F/93", "93yoF"."""
+    for n in known.ages:
+        if not n.isdigit():
+            continue
+        for pat in (rf"(?<![\w.])({n})\s?(?:[MF]|yo[MF]?)\b", rf"\b[MF]\s?/\s?({n})(?![\w]|\.\d)"):
+            for m in re.finditer(pat, ctx.text):
+                ctx.add(m.start(1), m.end(1), "AGE_OVER_89")
 
 
 def _known_dates(ctx: _Ctx, known: KnownIdentifiers):
@@ -1731,6 +1745,7 @@ def find_phi_spans(text: str, known: KnownIdentifiers | None = None) -> list[Spa
         _known_ids(ctx, known)
         _known_dates(ctx, known)
         _known_exam_dates(ctx, known)
+        _known_ages(ctx, known)
         _known_addresses(ctx, known)
         _known_phones(ctx, known)
         _known_institutions(ctx, known)

@@ -381,3 +381,19 @@ def test_a_known_phone_written_nationally_and_an_mrn_with_a_unicode_dash():
     out = clean_text("Call 020 7946 0958, 030 4431 7722 or 0044 20 7946 0958. MRN 773\u20133480.", k, None)
     for leak in ("7946", "4431", "3480"):
         assert leak not in out, out
+
+
+def test_an_age_over_89_known_from_the_header_in_clinical_shorthand():
+    """Audit 2, reports #10: Patient's Age 093Y in the header; the text writes "93F", "Pt 93 F",
+    "F/93", "93yoF", "93 años", "92歳". A temperature of 99F stays."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from medanon.scrub import known_identifiers
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PatientAge = "093Y"
+    k = known_identifiers(ds)
+    assert k.ages == ["93"]
+    out = clean_text("93F with fall. (Pt 93 F, F/93.) 93yoF. Paciente de 93 años. 92歳. Temp 99F.", k, None)
+    assert "93" not in out and "92" not in out and "Temp 99F." in out, out
