@@ -28,7 +28,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from . import rawsplit
 from .discover import HEAD_BYTES, sniff
-from .scrub import META_KEPT_TAGS
+from .scrub import META_KEPT_TAGS, not_text_as_read
 
 IN_MEMORY_LIMIT = 64 * 1024 * 1024
 CHUNK = 1 << 20
@@ -317,7 +317,8 @@ def _split_path(fh: io.BytesIO, size: int, scrub: Callable, keeps_as_read: Calla
         cid, ctx = memo.context(fingerprint)
     for e in sp.elements:  # e: (tag, vr, start, value_start, length, end)
         tag = e[0]
-        if e[4] >= 0 and keeps_as_read(tag, e[1]):
+        if (e[4] >= 0 and keeps_as_read(tag, e[1])
+                and not (sp.implicit and not_text_as_read(tag, buf[e[3]:e[5]]))):  # implicit VR: bytes checked
             encoded[tag] = buf[e[2]:e[5]]
         elif cid is not None and memo.eligible(tag):
             key = (cid, buf[e[2]:e[5]])

@@ -462,6 +462,9 @@ class Scrubber:
             ctx.removed += 1
             return
         if action == "K" and tag != PATIENT_AGE and _raw_vr(ds, tag) != "SQ":
+            if stored is None and not_text_as_read(tag, ds.get_item(tag).value):
+                del ds[tag]  # implicit VR text whose bytes are not text (a sequence's, say)
+                ctx.removed += 1
             return  # kept as read (a UN one given its dictionary VR above, and written with it)
         elem = ds[tag]
         vr = elem.VR
@@ -738,6 +741,24 @@ _UID_IN_TEXT = re.compile(r"(?<![\w.])[0-2](?:\.(?:0|[1-9]\d*)){3,}(?![\w]|\.\d)
 def _holds_own_uid(text: str) -> bool:
     """A UID in free text that the standard does not register (an instance's, a study's…)."""
     return any(not _registered(m.group()) for m in _UID_IN_TEXT.finditer(text)) if "." in text else False
+
+
+_NOT_TEXT_BYTES = re.compile(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")
+_STRING_VRS = TEXT_VRS | {"PN", "CS", "UI", "DA", "DT", "TM", "AS", "AE", "DS", "IS", "UR"}
+
+
+@lru_cache(maxsize=8192)
+def _string_vr(tag: int) -> bool:
+    return _allowed_vrs(tag) is not None and dictionary_VR(tag) in _STRING_VRS
+
+
+def not_text_as_read(tag: int, value) -> bool:
+    """An implicit VR element of a string VR whose raw bytes hold control characters: not the text
+    its tag holds (the bytes of a sequence written where a URL or a code should be). Kept as
+    read, it would carry whatever those bytes hide."""
+    if not isinstance(value, (bytes, bytearray)) or not _string_vr(int(tag)):
+        return False
+    return _NOT_TEXT_BYTES.search(bytes(value).rstrip(b"\x00 ")) is not None
 
 
 def _raw_vr(ds: Dataset, tag) -> str | None:

@@ -708,3 +708,39 @@ def test_short_unlisted_strings_and_codes_lose_original_uids_and_the_exam_date(p
         out = pydicom.dcmread(io.BytesIO(data))
         assert out.AnatomicRegionSequence[2].CodeMeaning == "per 1.2.840.10008.1.2.1"
         assert out[0x00189423].value.startswith("HEAD ")
+
+
+def test_implicit_vr_text_kept_by_the_table_must_be_text():
+    """Audit 2, DICOM #1 (rerun): in an implicit VR file a K attribute of a string VR (here Sex
+    Parameters for Clinical Use Category Reference, a UR) holding a sequence's bytes, with a name
+    and an original UID inside, is removed on every path, at the top level and in an item; real
+    text there is kept."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    marker = b"https://placeholder.example/x "
+
+    def implicit(value: bytes, nested: bool) -> bytes:
+        ds = pydicom.dcmread(get_testdata_file("MR_small_implicit.dcm"))  # the fast path splits it
+        ds.PatientName = "Someone^Else"
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        if nested:
+            item = Dataset()
+            item.add_new(0x00100047, "UR", marker.decode().strip())
+            ds.add_new(0x00100043, "SQ", Sequence([item]))
+        else:
+            ds.add_new(0x00100047, "UR", marker.decode().strip())
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        raw = buf.getvalue()
+        old = _implicit_elem(0x00100047, marker)
+        assert raw.count(old) == 1
+        return raw.replace(old, _implicit_elem(0x00100047, value))
+
+    hidden = _implicit_item(_implicit_elem(0x00081155, (PHI_SERIES_UID + "\x00").encode())
+                            + _implicit_elem(0x00100010, b"Hiddenqz^Olga "))
+    for nested in (False, True):
+        raw = implicit(hidden, nested)
+        assert PHI_SERIES_UID.encode() in raw
+        _assert_absent(_outputs(raw, PROFILES["research"]), [PHI_SERIES_UID, "Hiddenqz"])
+        for data in _outputs(implicit(b"https://example.org/policy ", nested), PROFILES["research"]):
+            assert b"https://example.org/policy" in data
