@@ -16,7 +16,8 @@ exactly (or in upper/lower case); dates match StudyDate (YYYYMMDD).
 Rule 1 (``accession``, ``study-uid``): the studies having an instance whose Accession Number, or
 whose Study Instance UID, the report names. One study: paired (rule ``accession`` when an
 accession matched, else ``study-uid``), unless the report also names a patient ID and exam date
-that match only other studies (its evidence disagrees: ``report-ambiguous``). Several studies:
+that match only other studies, or patient IDs none of which is the study's (its evidence
+disagrees: ``report-ambiguous``). Several studies:
 ``report-ambiguous`` (e.g. one report for two exams).
 
 Rule 2 (``patient-date``), when rule 1 found nothing: the studies having an instance whose
@@ -99,6 +100,9 @@ class StoreIndex:
     def by_patient_date(self, patient_ids, dates) -> dict[str, set[str]]:
         return self.store.studies_by_patient_date(self.source, _variants(patient_ids), set(dates))
 
+    def patient_ids_of(self, study_uid: str) -> set[str]:
+        return self.store.study_patient_ids(self.source, study_uid)
+
 
 def pair_report(ev: Evidence, index) -> Pairing:
     """Apply the rules in order (see the module docstring)."""
@@ -112,6 +116,9 @@ def pair_report(ev: Evidence, index) -> Pairing:
         (study,) = rule1
         if by_patient and study not in by_patient:
             return Pairing(reason=AMBIGUOUS)  # accession/UID and patient + date point to different studies
+        theirs = {p.upper() for p in index.patient_ids_of(study)}
+        if ev.patient_ids and theirs and not ({p.upper() for p in _variants(ev.patient_ids)} & theirs):
+            return Pairing(reason=AMBIGUOUS)  # the report names another patient than the study's
         return Pairing(study, "accession" if study in by_acc else "study-uid")
     if len(by_patient) > 1:
         return Pairing(reason=AMBIGUOUS)

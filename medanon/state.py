@@ -416,6 +416,12 @@ class StateStore:
         return self._studies(source, f"patient_id IN ({','.join('?' * len(ids))}) "
                                      f"AND study_date IN ({','.join('?' * len(days))})", (*ids, *days))
 
+    def study_patient_ids(self, source: str, study_uid: str) -> set[str]:
+        """The Patient IDs a study's instances carry (through the study's index)."""
+        return {r[0] for r in self.db.execute(
+            "SELECT DISTINCT patient_id FROM files WHERE study_uid=? AND source=? AND kind='dicom'",
+            (study_uid, source)) if r[0]}
+
     def study_anchor(self, source: str, study_uid: str) -> sqlite3.Row | None:
         """One instance of a study (exported ones first): its header gives the report's known identifiers."""
         return self.db.execute(

@@ -83,6 +83,14 @@ def test_ambiguous_reports(store):
     assert _pair(store, accessions=["ACC100"], patient_ids=["MRN2"], exam_dates=["20210301"]).reason == AMBIGUOUS
 
 
+def test_a_report_naming_another_patient_than_its_accessions_study_is_ambiguous(store):
+    """Audit 2, reports #7: the accession is study A's, the patient ID is MRN2's (no exam date):
+    the report is not filed under A with B's names as A's known identifiers."""
+    assert _pair(store, accessions=["ACC100"], patient_ids=["MRN2"]).reason == AMBIGUOUS
+    assert _pair(store, accessions=["ACC100"], patient_ids=["mrn1", "OTHER-ID"]).study_uid == STUDY_A  # one matches
+    assert _pair(store, study_uids=[STUDY_B], patient_ids=["MRN1"]).reason == AMBIGUOUS
+
+
 def test_same_accession_in_two_studies_is_ambiguous(store):
     _add(store, SRC, [_dicom("d/1", "1.2.3.4.400", "ACC100", "MRN9", "20200101")])
     assert _pair(store, accessions=["ACC100"]).reason == AMBIGUOUS
