@@ -44,6 +44,7 @@ REASONS = {
     "report-unparsed-hl7": "report holds HL7 segments that could not be parsed as an HL7 message",
     "report-unsupported-format": "report is RTF, XML/CDA, HTML or other markup that cannot be scrubbed reliably",
     "report-mixed-encoding": "report is UTF-8 with stray bytes of another encoding (names may not match)",
+    "report-hl7-batch": "report file holds several HL7 messages (a batch may mix patients): one message per file",
     "report-legacy-encoding": "report is in a code page other than Latin-1 (Cyrillic, Greek, Central European…): "
                               "convert it to UTF-8",
 }

@@ -30,6 +30,7 @@ from .textscrub import (
     find_dates,
     known_tokens,
     mentions_known,
+    mentions_known_details,
     replacement_lookup,
     shift_da,
     strip_invisible,
@@ -42,12 +43,14 @@ __all__ = ["ReportDoc", "ReportRejected", "REPORT_REASONS", "sniff_report", "par
 
 # Quarantine reasons of reports that cannot be scrubbed reliably (PHI-free codes; the pairing
 # reasons 'report-unmatched' / 'report-ambiguous' live in medanon.pairing).
-UNPARSED_HL7, UNSUPPORTED_FORMAT, MIXED_ENCODING, LEGACY_ENCODING = (
-    "report-unparsed-hl7", "report-unsupported-format", "report-mixed-encoding", "report-legacy-encoding")
+UNPARSED_HL7, UNSUPPORTED_FORMAT, MIXED_ENCODING, LEGACY_ENCODING, HL7_BATCH = (
+    "report-unparsed-hl7", "report-unsupported-format", "report-mixed-encoding", "report-legacy-encoding",
+    "report-hl7-batch")
 REPORT_REASONS = {
     UNPARSED_HL7: "report holds HL7 segments that could not be parsed as an HL7 message",
     UNSUPPORTED_FORMAT: "report is RTF, XML/CDA, HTML or other markup that cannot be scrubbed reliably",
     MIXED_ENCODING: "report is UTF-8 with stray bytes of another encoding (names may not match)",
+    HL7_BATCH: "report file holds several HL7 messages (a batch may mix patients): one message per file",
     LEGACY_ENCODING: "report is in a code page other than Latin-1 (Cyrillic, Greek, Central European…): "
                      "convert it to UTF-8",
 }
@@ -200,6 +203,7 @@ def _looks_like_markup(text: str) -> bool:
 # non-alphanumeric field separator that occurs again in the line
 _MSH_LINE = re.compile(r"^[\s\x0b\ufeff]*MSH(?P<fs>[^\w\s])(?P<enc>[^\w\s]{1,5})(?P=fs)", re.M)
 _MSH_ANY = re.compile(r"^[\s\x0b\ufeff]*MSH[^\w\s]", re.M)
+_MSH_SEGMENT = re.compile(r"(?:^|[\r\n])[\s\x0b\ufeff]*MSH[^\w\s]")  # after any segment terminator
 _SEG_LINE = re.compile(
     r"^[\s\x0b\ufeff]*(?:MSH|PID|PV[12]|OBR|OBX|NK1|ORC|NTE|PD1|TXA|EVN|MSA|FHS|BHS|BTS|FTS|ZDS|AL1|DG1|IN1|GT1|"
     r"MRG|SPM|TQ1|ROL|PRT|Z[A-Z0-9]{2})(?P<fs>[^\w\s:.,;()\-])[^\r\n]*(?P=fs)", re.M)
@@ -657,6 +661,8 @@ def parse_report(data: bytes, filename: str = "") -> ReportDoc:
     if (sniff_report(data[:4096]) == "hl7" or text.lstrip("\ufeff \t\r\n\x0b").startswith("MSH|")
             or _MSH_LINE.search(text)):
         doc = _parse_hl7(text, data, codec)
+        if len(_MSH_SEGMENT.findall(text)) > 1:
+            doc.reject = HL7_BATCH  # only the first message would be paired and scrubbed as the study's
         if not doc.reject and _looks_like_markup(doc.text):
             doc.reject = UNSUPPORTED_FORMAT  # RTF or HTML inside OBX-5: names hidden in escapes and tags
     else:
@@ -783,7 +789,7 @@ class _HL7Scrubber:
         x = strip_invisible(x)
         if not x.strip():
             return x
-        known_hit = mentions_known(x, self.known, self.tokens)
+        known_hit = mentions_known(x, self.known, self.tokens) or mentions_known_details(x, self.known)
         if not known_hit and re.fullmatch(r"[\w.\-]+", x):
             return x
         if known_hit and re.fullmatch(r"[\w.\-/ ]+", x.strip()) and any(ch.isdigit() for ch in x):
@@ -791,8 +797,8 @@ class _HL7Scrubber:
             if new:
                 return new
         out = clean_text(x, self.known, self.shift)
-        if mentions_known(out, self.known, self.tokens):
-            return "[REDACTED]"
+        if mentions_known(out, self.known, self.tokens) or mentions_known_details(out, self.known):
+            return "[REDACTED]"  # a known identifier (a name, ID, birth date, institution word) survived
         return out
 
     def coded(self, v: str) -> str:

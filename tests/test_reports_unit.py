@@ -474,3 +474,26 @@ def test_hl7_message_profile_identifier_loses_a_known_institution():
                        KnownIdentifiers(institutions=["Larchmont Abbey Hospital"]), None)
     msh_out = _segments(out)["MSH"][0]
     assert "Larchmont" not in out.decode() and msh_out[20].startswith("RADRPT^")
+
+
+def test_an_hl7_batch_of_several_messages_is_quarantined():
+    """Audit 2, reports #17: a file holding two patients' messages was paired with the first
+    patient's study and exported whole under that patient's pseudonym."""
+    two = _hl7(["FHS|^~\\&", "BHS|^~\\&", _MSH, r"PID|1||A1^^^MRN^MR||PLATTERBY^ANN",
+                r"OBX|1|TX|^IMPRESSION||Normal.||||||F", _MSH, r"PID|1||B2^^^MRN^MR||YARROWGATE^BEN",
+                r"OBX|1|TX|^IMPRESSION||Spiculated mass.||||||F", "BTS|2", "FTS|1"])
+    assert _rejected(two, "batch.hl7") == "report-hl7-batch"
+    one = _hl7(["FHS|^~\\&", "BHS|^~\\&", _MSH, r"PID|1||A1^^^MRN^MR||PLATTERBY^ANN",
+                r"OBX|1|TX|^IMPRESSION||Normal.||||||F", "BTS|1", "FTS|1"])
+    assert not parse_report(one, "one.hl7").reject
+
+
+def test_a_code_holding_a_known_institutions_word_is_not_kept():
+    """Audit 2, reports #15 (rerun): MSH-21's code "RAVELSTON_ORU" holds the known institution's
+    distinctive word; a plain code stays."""
+    msh = _MSH + "|" * 9 + "RAVELSTON_ORU^Saint Ravelston Infirmary^2.16.840.1.113883.3.7777^ISO"
+    out = scrub_report(parse_report(_hl7([msh, r"PID|1||P1^^^MRN^MR||DOE^JANE",
+                                          r"OBX|1|TX|^IMPRESSION||Normal.||||||F"]), "x.hl7"),
+                       KnownIdentifiers(institutions=["Saint Ravelston Infirmary"]), None)
+    assert "avelston" not in out.decode().lower()
+    assert _segments(out)["MSH"][0][20].endswith("^2.16.840.1.113883.3.7777^ISO")
