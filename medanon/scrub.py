@@ -574,9 +574,11 @@ class Scrubber:
         cleaned only when it names a known identifier, since the PHI patterns would take codes
         and version numbers for IDs and addresses; a value that still names one is replaced.
         A name word under 3 letters counts there only standing alone (``OB`` is not named by
-        ``OB_GENERAL``); the known birth date, phones and the words of the address and institution
-        count too, except in the device's maker, model and software (DEVICE_TAGS). The coded parts of a code item (CODE_ITEM_TAGS) are kept unless they
-        hold a known ID or a known person's name, and are then replaced whole."""
+        ``OB_GENERAL``); the known birth date, the study's dates, phones, the words of the address
+        and institution and unregistered UIDs count too, except in the device's maker, model and
+        software (DEVICE_TAGS). The coded parts of a code item (CODE_ITEM_TAGS) are kept unless
+        they hold a known ID, a known person's name or an unregistered UID, and are then replaced
+        whole."""
         values = [str(v) for v in elem.value] if elem.VM > 1 else [str(elem.value)]
         if tag in CODE_ITEM_TAGS:
             if any(self._mentions_known(v, ctx, "code") for v in values):

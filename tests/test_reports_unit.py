@@ -451,7 +451,8 @@ def test_reports_in_a_code_page_latin1_does_not_read_are_quarantined():
     for data in (ru, el):
         assert _rejected(data) == "report-legacy-encoding"
     msh = "MSH|^~\\&|RIS|H|EHR|H|20190315101500||ORU^R01|C1|P|2.5|||||RU|8859/5\r"
-    hl7 = (msh + "PID|1||PID77^^^MRN^MR||DOE^JOHN\rOBX|1|TX|^IMPRESSION||Dr Ян Ли informed.||||||F\r").encode("iso8859_5")
+    hl7 = (msh + "PID|1||PID77^^^MRN^MR||DOE^JOHN\rOBX|1|TX|^IMPRESSION||Dr Ян Ли informed.||||||F\r"
+           ).encode("iso8859_5")
     assert not parse_report(hl7.replace(b"8859/5", b"8859/1"), "r.hl7").reject  # its two-letter words pass
     assert _rejected(hl7) == "report-legacy-encoding"
     cz = "Zprava: Dvořáková snesla vyšetření dobře.\n".encode("cp1250")
