@@ -165,6 +165,9 @@ def run_command(args, source: str, target: str) -> int:
     _check_paths(source, target, state_dir)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the embedded server's first start in a new Prefect home migrates its database: Prefect's 20 s
+    # default was too short once on a busy machine (the run failed before it began)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from flows.anonymize import TargetFullStop, anonymize
 
     request = _request(args, source, target, state_dir)
