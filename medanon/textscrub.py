@@ -291,16 +291,31 @@ def _strip_accents(s: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFKD", s) if not unicodedata.combining(c))
 
 
+_CYR_COMMON = dict(zip("абвгдезиклмнопрстуфыэъь", ["a", "b", "v", "g", "d", "e", "z", "i", "k", "l", "m", "n", "o",
+                                                      "p", "r", "s", "t", "u", "f", "y", "e", "", ""]))
+# three usual romanisations of Russian names: Tatyana Kuznetsova, Tatiana Kuznetsova, Tatjana Kusnezowa
+_CYR_SCHEMES = [
+    {**_CYR_COMMON, "ё": "e", "ж": "zh", "й": "y", "х": "kh", "ц": "ts", "ч": "ch", "ш": "sh", "щ": "shch", "ю": "yu",
+     "я": "ya"},
+    {**_CYR_COMMON, "ё": "e", "ж": "zh", "й": "i", "х": "kh", "ц": "ts", "ч": "ch", "ш": "sh", "щ": "shch", "ю": "iu",
+     "я": "ia"},
+    {**_CYR_COMMON, "ё": "jo", "ж": "sh", "й": "j", "х": "ch", "ц": "z", "ч": "tsch", "ш": "sch", "щ": "schtsch",
+     "ю": "ju", "я": "ja", "в": "w", "з": "s"},
+]
+
+
 def _translit_variants(raw: str, n: str) -> set[str]:
-    """Other spellings of a known name word: umlauts expanded (Gröbner -> groebner) and the
-    expansions of an ASCII-only header contracted (GROEBNER -> grobner, the text's Gröbner)."""
+    """Other spellings of a known name word: umlauts expanded (Gröbner -> groebner), the
+    expansions of an ASCII-only header contracted (GROEBNER -> grobner, the text's Gröbner), and a
+    Cyrillic name in Latin letters (Кузнецова -> kuznetsova, kusnezowa)."""
     out = {_norm(raw.translate(_UMLAUT_EXPAND)), re.sub(r"([aou])e", r"\1", n)}
+    if any("\u0400" <= c <= "\u04ff" for c in n):
+        for scheme in _CYR_SCHEMES:
+            out.add("".join(scheme.get(c, c) for c in n))
     out.discard(n)
     return {v for v in out if len(v) >= 3}
 
 
-# invisible format characters that would split or disguise a name (soft hyphen, zero-width
-# space/non-joiner/joiner, word joiner, BOM): dropped before matching
 # soft hyphen, zero-width space/joiners, word joiner, BOM, Arabic tatweel: drawn as nothing, or as
 # a stretch of the line, inside a word
 _INVISIBLE_RE = re.compile("[\u00ad\u200b-\u200d\u2060\ufeff\u0640]")

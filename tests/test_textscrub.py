@@ -397,3 +397,12 @@ def test_an_age_over_89_known_from_the_header_in_clinical_shorthand():
     assert k.ages == ["93"]
     out = clean_text("93F with fall. (Pt 93 F, F/93.) 93yoF. Paciente de 93 años. 92歳. Temp 99F.", k, None)
     assert "93" not in out and "92" not in out and "Temp 99F." in out, out
+
+
+def test_a_cyrillic_header_name_written_in_latin_letters():
+    """Audit 2, reports #14: the header says КУЗНЕЦОВА^ТАТЬЯНА, the text writes the name in one of
+    the usual romanisations (Kuznetsova, Tatyana / Tatiana / Kusnezowa)."""
+    k = KnownIdentifiers(person_names=["КУЗНЕЦОВА^ТАТЬЯНА"])
+    out = clean_text("Kuznetsova, Tatyana reviewed. Tatiana agreed. Frau Kusnezowa kam. Кузнецова ok.", k, None)
+    for leak in ("uznetsova", "Tatyana", "Tatiana", "usnezowa", "Кузнецова"):
+        assert leak not in out, out
