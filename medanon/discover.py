@@ -17,6 +17,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from .reports import REPORT_REASONS
 from .storage.base import EntryChanged, Source, SourceEntry, StorageError
 
 REASONS = {
@@ -40,13 +41,8 @@ REASONS = {
     "repeated-element": "a top-level data element occurs more than once with different values",
     "report-unmatched": "report could not be paired to a study",
     "report-ambiguous": "report matches more than one study",
-    # reports that cannot be scrubbed reliably (medanon.reports.REPORT_REASONS)
-    "report-unparsed-hl7": "report holds HL7 segments that could not be parsed as an HL7 message",
-    "report-unsupported-format": "report is RTF, XML/CDA, HTML or other markup that cannot be scrubbed reliably",
-    "report-mixed-encoding": "report is UTF-8 with stray bytes of another encoding (names may not match)",
-    "report-hl7-batch": "report file holds several HL7 messages (a batch may mix patients): one message per file",
-    "report-legacy-encoding": "report is in a code page other than Latin-1 (Cyrillic, Greek, Central European…): "
-                              "convert it to UTF-8",
+    # reports that cannot be scrubbed reliably: medanon.reports.REPORT_REASONS
+    **REPORT_REASONS,
 }
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
