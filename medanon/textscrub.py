@@ -631,7 +631,7 @@ _HOST_RE = re.compile(
     r"(?<![\w@.-])(?:[A-Za-z0-9-]+\.)+(?:com|org|net|edu|gov|mil|io|info|biz|us|uk|de|fr|ca|au|nl|ch|at|"
     r"it|es|jp|cn|be|se|no|dk|fi|ie|nz|health|care|hospital|local|lan)(?![\w-])(?:/[^\s<>\"']*)?", re.I)
 _IP_RE = re.compile(r"(?<![\w.])(?:25[0-5]|2[0-4]\d|1?\d?\d)(?:\.(?:25[0-5]|2[0-4]\d|1?\d?\d)){3}(?![\w]|\.\d)")
-_UID_RE = re.compile(r"(?<![\w.])[0-2](?:\.(?:0|[1-9]\d*)){3,}(?![\w]|\.\d)")
+UID_RE = re.compile(r"(?<![\w.])[0-2](?:\.(?:0|[1-9]\d*)){3,}(?![\w]|\.\d)")
 
 _PHONE_RES = [
     re.compile(r"(?<![\w+.])(?:\+?1[\s.-]?)?(?:\(\d{3}\)\s*|\d{3}[\s.-])\d{3}[\s.-]\d{4}"
@@ -1018,16 +1018,22 @@ def _date_parts(raw: str) -> tuple[date, dict] | None:
                 "mes": _ES_MONTH_NAMES[dd.month - 1], "th": th}
 
 
+def _add_date_literals(ctx: _Ctx, parts: dict, formats: list[str], kind: str) -> None:
+    """Spans of ``kind`` for one date written in each of ``formats`` (a "…T" format takes the time
+    of day after it)."""
+    for fmt in formats:
+        lit = fmt.format(**parts)
+        pat = (rf"(?<![\w.]){re.escape(lit)}\d{{0,6}}" if lit.endswith("T")
+               else rf"(?<![\w.]){re.escape(lit)}(?![\w]|\.\d)")
+        for m in re.finditer(pat, ctx.text, re.I):
+            ctx.add(m.start(), m.end(), kind)
+
+
 def _known_exam_dates(ctx: _Ctx, known: KnownIdentifiers):
     for raw in known.exam_dates:
         parts = _date_parts(raw)
-        if parts is None:
-            continue
-        for fmt in _EXAM_DATE_FORMATS:
-            lit = fmt.format(**parts[1])
-            for m in re.finditer(rf"(?<![\w.]){re.escape(lit)}(?![\w]|\.\d)" if not lit.endswith("T")
-                                 else rf"(?<![\w.]){re.escape(lit)}\d{{0,6}}", ctx.text, re.I):
-                ctx.add(m.start(), m.end(), "DATE")
+        if parts is not None:
+            _add_date_literals(ctx, parts[1], _EXAM_DATE_FORMATS, "DATE")
 
 
 def _known_ages(ctx: _Ctx, known: KnownIdentifiers):
@@ -1042,19 +1048,11 @@ def _known_ages(ctx: _Ctx, known: KnownIdentifiers):
 
 def _known_dates(ctx: _Ctx, known: KnownIdentifiers):
     for raw in known.dates:
-        v = re.sub(r"\D", "", raw or "")[:8]
-        if len(v) != 8:
+        parts = _date_parts(raw)
+        if parts is None:
             continue
-        try:
-            dd = date(int(v[:4]), int(v[4:6]), int(v[6:8]))
-        except ValueError:
-            continue
-        vals = {"Y": f"{dd.year:04d}", "y": f"{dd.year % 100:02d}", "m": f"{dd.month:02d}", "d": f"{dd.day:02d}",
-                "M": str(dd.month), "D": str(dd.day)}
-        for fmt in _KNOWN_DATE_FORMATS:
-            lit = fmt.format(**vals)
-            for m in re.finditer(rf"(?<![\w.]){re.escape(lit)}(?![\w]|\.\d)", ctx.text):
-                ctx.add(m.start(), m.end(), "DOB")  # a birth date is removed, never shifted
+        dd = parts[0]
+        _add_date_literals(ctx, parts[1], _KNOWN_DATE_FORMATS, "DOB")  # a birth date is removed, never shifted
         for s, e, found in find_dates(ctx.text):  # any other spelling ("3 Dec 1926", "December 3, 1926")
             if found == dd:
                 ctx.add(s, e, "DOB")
@@ -1385,7 +1383,7 @@ def _detect_patterns(ctx: _Ctx):
         ctx.add(m.start(), m.end(), "URL")
     for m in _IP_RE.finditer(text):
         ctx.add(m.start(), m.end(), "IP")
-    for m in _UID_RE.finditer(text):
+    for m in UID_RE.finditer(text):
         if len(m.group()) >= 10 and m.group().count(".") >= 4:
             ctx.add(m.start(), m.end(), "UID")
     for s, e, *_ in _iter_dates(text):
