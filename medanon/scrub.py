@@ -47,7 +47,7 @@ from pydicom.sequence import Sequence
 from . import __version__
 from .keys import Pseudonymizer, shift_date, shift_datetime
 from .profile import CID7050, ActionTable, Profile, csc_codes, resolve, safe_private_vrs
-from .textscrub import KnownIdentifiers, clean_text, known_tokens, mentions_known, mentions_known_details
+from .textscrub import UID_RE, KnownIdentifiers, clean_text, known_tokens, mentions_known, mentions_known_details
 
 try:  # registered UIDs (transfer syntaxes, SOP classes, ...) are not identifying
     from pydicom._uid_dict import UID_dictionary as _REGISTERED_UIDS
@@ -358,24 +358,12 @@ class Scrubber:
             if elem.value:
                 elem.value = self._clean_text_value(elem, ctx)
         elif vr in ("DA", "DT", "TM"):
-            return self._kept_private_temporal(elem, vr, ctx)
+            return self._temporal_kept(ds, tag, vr, ctx)
         elif vr in BYTES_VRS and elem.value:
             # opaque bytes the table calls safe: not when they spell out a known name, ID or date
             text = bytes(elem.value).decode("latin-1")
             if self._mentions_known(text, ctx) or any(d and d in text for d in ctx.known.dates):
                 return False
-        return True
-
-    def _kept_private_temporal(self, elem: DataElement, vr: str, ctx: ScrubContext) -> bool:
-        """A date in a safe private element follows the profile like any other; False: removed."""
-        if self.temporal == "UNMODIFIED" or (vr == "TM" and self.temporal == "MODIFIED"):
-            return True
-        if self.temporal == "REMOVED" or ctx.date_shift is None or vr == "TM":
-            return False
-        value = elem.value
-        if value not in (None, ""):
-            text = "\\".join(str(v) for v in value) if elem.VM > 1 else str(value)
-            elem.value = self._date(text, ctx, shift_date if vr == "DA" else shift_datetime)
         return True
 
     def _unlisted(self, ds: Dataset, tag, ctx: ScrubContext, mode: str) -> None:
@@ -424,24 +412,27 @@ class Scrubber:
             self._clean_unlisted_text(elem, vr, ctx, tag)
 
     def _unlisted_temporal(self, ds: Dataset, tag, vr: str, ctx: ScrubContext) -> None:
-        """A date or time the table does not list is treated as the profile treats listed ones:
-        kept (full dates retained), shifted (modified dates; a time of day is unchanged by a
-        shift of whole days), else removed."""
-        if self.temporal == "UNMODIFIED":
-            return
-        if self.temporal == "REMOVED" or ctx.date_shift is None:
+        if not self._temporal_kept(ds, tag, vr, ctx):
             del ds[tag]
             ctx.removed += 1
-            return
+
+    def _temporal_kept(self, ds: Dataset, tag, vr: str, ctx: ScrubContext) -> bool:
+        """A date or time the table does not list (or a safe private one) is treated as the profile
+        treats listed ones: kept (full dates retained), shifted (modified dates; a time of day is
+        unchanged by a shift of whole days), else removed (False: the caller removes it)."""
+        if self.temporal == "UNMODIFIED":
+            return True
+        if self.temporal == "REMOVED" or ctx.date_shift is None:
+            return False
         if vr == "TM":
-            return
+            return True
         elem = ds[tag]
         value = elem.value
-        if value in (None, ""):
-            return
-        text = "\\".join(str(v) for v in value) if elem.VM > 1 else str(value)
-        elem.value = self._date(text, ctx, shift_date if vr == "DA" else shift_datetime)
-        ctx.replaced += 1
+        if value not in (None, ""):
+            text = "\\".join(str(v) for v in value) if elem.VM > 1 else str(value)
+            elem.value = self._date(text, ctx, shift_date if vr == "DA" else shift_datetime)
+            ctx.replaced += 1
+        return True
 
     def _apply(self, ds: Dataset, tag, action: str, ctx: ScrubContext, mode: str) -> None:
         if action == "X":
@@ -676,6 +667,8 @@ class Scrubber:
         return True
 
 
+# VRs whose value is text (encoded characters)
+_STRING_VRS = TEXT_VRS | {"PN", "CS", "UI", "DA", "DT", "TM", "AS", "AE", "DS", "IS", "UR"}
 # What a safe private element Table E.3.10-1 gives no VR may be kept as
 _BLANK_SAFE_VRS = NUMERIC_VRS | {"DS", "IS", "CS", "SQ", "UI", "PN", "DA", "DT", "TM"} | TEXT_VRS
 _VALUE_FORMS = {
@@ -714,8 +707,9 @@ def _stored_vr(ds: Dataset, tag) -> str | None:
 
 
 # Characters no text value holds (C0 controls but TAB, LF, FF, CR and ESC): bytes of another
-# encoding, such as a sequence's, read as text
-_NOT_TEXT = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")
+# encoding, such as a sequence's, read as text (as str, and as the raw bytes)
+_NOT_TEXT_BYTES = re.compile(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")
+_NOT_TEXT = re.compile(_NOT_TEXT_BYTES.pattern.decode("ascii"))
 
 
 def _from_un(ds: Dataset, tag) -> DataElement | None:
@@ -730,23 +724,16 @@ def _from_un(ds: Dataset, tag) -> DataElement | None:
     vr = elem.VR
     if not vr_allowed(tag, vr):  # still UN (a tag whose dictionary VR is UN is allowed it)
         return None
-    if vr in TEXT_VRS or vr in ("PN", "CS", "UI", "DA", "DT", "TM", "AS", "AE", "DS", "IS", "UR"):
+    if vr in _STRING_VRS:
         values = elem.value if elem.VM > 1 else [elem.value]
         if any(_NOT_TEXT.search(str(v).rstrip("\x00 ")) for v in values if v is not None):
             return None
     return elem
 
 
-_UID_IN_TEXT = re.compile(r"(?<![\w.])[0-2](?:\.(?:0|[1-9]\d*)){3,}(?![\w]|\.\d)")
-
-
 def _holds_own_uid(text: str) -> bool:
     """A UID in free text that the standard does not register (an instance's, a study's…)."""
-    return any(not _registered(m.group()) for m in _UID_IN_TEXT.finditer(text)) if "." in text else False
-
-
-_NOT_TEXT_BYTES = re.compile(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")
-_STRING_VRS = TEXT_VRS | {"PN", "CS", "UI", "DA", "DT", "TM", "AS", "AE", "DS", "IS", "UR"}
+    return "." in text and any(not _registered(m.group()) for m in UID_RE.finditer(text))
 
 
 @lru_cache(maxsize=8192)
