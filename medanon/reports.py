@@ -82,6 +82,7 @@ class ReportDoc:
     phones: list[str] = field(default_factory=list)
     institutions: list[str] = field(default_factory=list)
     encoding: str = "utf-8"
+    charset: str = ""  # HL7 MSH-18, as declared (upper case)
     # quarantine reason ("" = can be scrubbed); scrub_report raises ReportRejected when set
     reject: str = ""
 
@@ -149,17 +150,9 @@ def _non_latin_words(text: str) -> bool:
     return _ALL_HIGH_WORD.search(text) is not None
 
 
-def _declared_legacy(doc: "ReportDoc", text: str) -> bool:
+def _declared_legacy(doc: "ReportDoc") -> bool:
     """An HL7 message whose MSH-18 declares a character set Latin-1 does not read."""
-    if doc.kind != "hl7":
-        return False
-    m = _MSH_LINE.search(text)
-    if not m:
-        return False
-    line = text[m.start():].split("\r", 1)[0].split("\n", 1)[0]
-    fields = line.split(m.group("fs"))
-    charset = fields[17].strip().upper() if len(fields) > 17 else ""  # MSH-18 (MSH-1 is the separator)
-    return charset.split(m.group("enc")[1:2] or "~")[0] not in _LATIN1_CHARSETS
+    return doc.kind == "hl7" and doc.charset not in _LATIN1_CHARSETS
 
 
 def _known_name_in_legacy_bytes(doc: "ReportDoc", known: KnownIdentifiers | None) -> bool:
@@ -565,6 +558,7 @@ def _parse_hl7(text: str, raw: bytes, codec: str) -> ReportDoc:
         if s.name == "MSH":
             for n in (4, 6):
                 _add(doc.institutions, d.unescape(_comps(d, s.f(n))[0]))
+            doc.charset = doc.charset or (_reps(d, s.f(18)) or [""])[0].strip().upper()
         elif s.name == "PID":
             for n in (2, 3, 4):
                 for rep in _reps(d, s.f(n)):
@@ -674,7 +668,7 @@ def parse_report(data: bytes, filename: str = "") -> ReportDoc:
             doc.reject = UNSUPPORTED_FORMAT
     if not doc.reject and _mixed_encoding(data):
         doc.reject = MIXED_ENCODING
-    if not doc.reject and codec == "latin-1" and (_non_latin_words(text) or _declared_legacy(doc, text)):
+    if not doc.reject and codec == "latin-1" and (_non_latin_words(text) or _declared_legacy(doc)):
         doc.reject = LEGACY_ENCODING
     _extract_from_filename(doc, filename)
     return doc
